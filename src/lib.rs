@@ -1,0 +1,16 @@
+//! headroom: which attention heads and FFN blocks does in-context learning need?
+//!
+//! Library layout (see ../shared/design.md):
+//! - [`formats`]: file formats (GGUF reader/writer, HF safetensors folders).
+//! - [`tokenizer`]: tokenizers from tokenizer.json, vocab.json + merges.txt, or GGUF metadata.
+//! - [`model`]: one shared set of transformer blocks, one file per model family, masks.
+//! - [`assets`]: the pinned default assets (`headroom fetch`).
+//!
+//! Every stage is a function over plain data; the binary in `src/main.rs` is a thin CLI.
+
+pub mod assets;
+pub mod formats;
+pub mod model;
+pub mod tokenizer;
+
+pub use anyhow::{Error, Result};

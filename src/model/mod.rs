@@ -1,0 +1,2 @@
+//! Model runtime: shared blocks, one file per family, masks.
+pub mod weights;

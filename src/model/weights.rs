@@ -1,0 +1,21 @@
+//! Where weights come from. Families ask a [`WeightSource`] for tensors by name with the shape
+//! they expect; the source converts (f16/bf16) or dequantizes (GGUF quants) to f32.
+//!
+//! Shape convention everywhere: row-major, HF `nn.Linear` layout `[out_features, in_features]`.
+//! (GGUF lists `ne0` first with `ne0` contiguous, so GGUF `[ne0, ne1]` is row-major `[ne1, ne0]`:
+//! the same layout, which is why one trait serves both.)
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+
+pub trait WeightSource {
+    /// Where the weights live (a path), for error messages.
+    fn origin(&self) -> String;
+    /// Whether a tensor of this name exists.
+    fn contains(&self, name: &str) -> bool;
+    /// The stored shape (row-major) of a tensor, if it exists.
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
+    /// Load `name` as an f32 tensor of exactly `shape` on `device`. Errors (with the file and the
+    /// tensor name) when it is missing, has another shape, or has an unsupported dtype.
+    fn load_f32(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor>;
+}
