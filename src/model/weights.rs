@@ -19,3 +19,26 @@ pub trait WeightSource {
     /// tensor name) when it is missing, has another shape, or has an unsupported dtype.
     fn load_f32(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor>;
 }
+
+/// Random N(0, std^2) weights of whatever shape a family asks for: benchmarks at real model
+/// shapes without any checkpoint (the numbers are meaningless, the FLOPs are not).
+/// Every name exists; `shape_of` is unknown, so only families whose shapes come entirely from
+/// their config can be built from it (OPT, GPT-2, NeoX, Llama HF configs).
+pub struct RandomWeights {
+    pub std: f32,
+}
+
+impl WeightSource for RandomWeights {
+    fn origin(&self) -> String {
+        "<random weights>".into()
+    }
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+    fn shape_of(&self, _name: &str) -> Option<Vec<usize>> {
+        None
+    }
+    fn load_f32(&self, _name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, self.std, shape, device)?)
+    }
+}

@@ -1,0 +1,504 @@
+//! The one shared set of transformer blocks every family is assembled from.
+//!
+//! Shapes: B = batch, T = sequence length, D = hidden size (d_e), H = query heads,
+//! KV = key/value heads (GQA: H % KV == 0), hd = head dim, F = FFN width, V = vocab.
+//! Sequences in a batch are right-padded; attention is causal, so padding never reaches a real
+//! token and needs no attention mask (the authors' eval path does the same, spec 2.2).
+//!
+//! Everything here computes in f32: on CPU candle's bf16 is slower than f32 (it converts per
+//! matmul), and golden parity with transformers is checked in f32.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+/// `y = x W^T + b`, HF `nn.Linear` layout. weight `[out, in]`, bias `[out]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+    /// x `[..., in]` -> `[..., out]`. Flattened to one 2-D matmul (one gemm call).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let n_in = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / n_in.max(1);
+        let y = x.reshape((rows, n_in))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap_or(&mut 0) = self.out_features();
+        Ok(y.reshape(out_dims)?)
+    }
+    pub fn n_params(&self) -> usize {
+        self.weight.elem_count() + self.bias.as_ref().map_or(0, |b| b.elem_count())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps) * w + b` (OPT, GPT-2, NeoX).
+    LayerNorm,
+    /// `x / sqrt(mean(x^2) + eps) * w` (Llama family).
+    RmsNorm,
+}
+
+/// LayerNorm or RMSNorm over the last dim. weight/bias `[D]`.
+#[derive(Clone, Debug)]
+pub struct Norm {
+    pub kind: NormKind,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub eps: f64,
+}
+
+impl Norm {
+    /// x `[..., D]` -> `[..., D]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)? as f64;
+        let normed = match self.kind {
+            NormKind::LayerNorm => {
+                let mean = (x.sum_keepdim(D::Minus1)? / d)?;
+                let xc = x.broadcast_sub(&mean)?;
+                let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+                xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            }
+            NormKind::RmsNorm => {
+                let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+                x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
+            }
+        };
+        let y = normed.broadcast_mul(&self.weight)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+    pub fn n_params(&self) -> usize {
+        self.weight.elem_count() + self.bias.as_ref().map_or(0, |b| b.elem_count())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    /// tanh approximation (HF `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`).
+    GeluTanh,
+    /// exact erf GELU (HF `gelu`).
+    GeluErf,
+    /// x * sigmoid(x) (HF `silu`, `swish`); used gated (SwiGLU) in the Llama family.
+    Silu,
+}
+
+impl Activation {
+    pub fn from_hf(name: &str) -> Result<Self> {
+        Ok(match name {
+            "relu" => Self::Relu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "gelu" => Self::GeluErf,
+            "silu" | "swish" => Self::Silu,
+            other => bail!(
+                "unsupported activation `{other}` (supported: relu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, silu)"
+            ),
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Relu => x.relu()?,
+            Self::GeluTanh => x.gelu()?,
+            Self::GeluErf => x.gelu_erf()?,
+            Self::Silu => x.silu()?,
+        })
+    }
+}
+
+/// The FFN branch without its norm: `fc2(act(fc1 x))` or SwiGLU `down(act(gate x) * up x)`.
+#[derive(Clone, Debug)]
+pub enum Mlp {
+    Plain { fc1: Linear, fc2: Linear, act: Activation },
+    Gated { gate: Linear, up: Linear, down: Linear, act: Activation },
+}
+
+impl Mlp {
+    /// x `[B, T, D]` -> `[B, T, D]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Plain { fc1, fc2, act } => fc2.forward(&act.forward(&fc1.forward(x)?)?),
+            Self::Gated { gate, up, down, act } => {
+                let g = act.forward(&gate.forward(x)?)?;
+                down.forward(&(g * up.forward(x)?)?)
+            }
+        }
+    }
+    pub fn activation(&self) -> Activation {
+        match self {
+            Self::Plain { act, .. } | Self::Gated { act, .. } => *act,
+        }
+    }
+    pub fn width(&self) -> usize {
+        match self {
+            Self::Plain { fc1, .. } => fc1.out_features(),
+            Self::Gated { up, .. } => up.out_features(),
+        }
+    }
+    pub fn n_params(&self) -> usize {
+        match self {
+            Self::Plain { fc1, fc2, .. } => fc1.n_params() + fc2.n_params(),
+            Self::Gated { gate, up, down, .. } => gate.n_params() + up.n_params() + down.n_params(),
+        }
+    }
+}
+
+/// Which dimensions RoPE pairs up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeStyle {
+    /// Pairs (i, i + r/2): HF Llama/NeoX/Qwen2 weights (`rotate_half`).
+    RotateHalf,
+    /// Pairs (2i, 2i+1): GGUF llama weights, whose Q/K rows llama.cpp's converter permuted.
+    AdjacentPairs,
+}
+
+/// Rotary position embedding on the first `rotary_dim` dims of each head; the rest pass through
+/// (NeoX's partial rotary, `rotary_pct`). Tables `[max_pos, rotary_dim/2]`.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    pub style: RopeStyle,
+    pub rotary_dim: usize,
+    /// The base, for reporting (the frequencies may also carry a scaling).
+    pub theta: f64,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    /// `inv_freq[i]` for i < rotary_dim/2; angles are `pos * inv_freq` computed in f32 as
+    /// transformers does, so long-context angles round the same way.
+    pub fn new(style: RopeStyle, rotary_dim: usize, theta: f64, inv_freq: &[f32], max_pos: usize, device: &Device) -> Result<Self> {
+        if rotary_dim % 2 != 0 || inv_freq.len() != rotary_dim / 2 {
+            bail!("rotary dim {rotary_dim} must be even and match {} frequencies", inv_freq.len());
+        }
+        let half = rotary_dim / 2;
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for &f in inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Self {
+            style,
+            rotary_dim,
+            theta,
+            cos: Tensor::from_vec(cos, (max_pos, half), device)?,
+            sin: Tensor::from_vec(sin, (max_pos, half), device)?,
+        })
+    }
+
+    /// Standard frequencies `base^(-2i/rotary_dim)`, computed in f32 like transformers.
+    pub fn default_inv_freq(base: f64, rotary_dim: usize) -> Vec<f32> {
+        (0..rotary_dim / 2)
+            .map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / rotary_dim as f32))
+            .collect()
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// x `[B, heads, T, hd]`, positions `start..start+T` -> same shape.
+    pub fn forward(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        let (_b, _h, t, hd) = x.dims4()?;
+        if start + t > self.max_positions() {
+            bail!(
+                "sequence of {} positions exceeds the model's rotary table of {}",
+                start + t,
+                self.max_positions()
+            );
+        }
+        let r = self.rotary_dim;
+        let half = r / 2;
+        let cos = self.cos.narrow(0, start, t)?; // [T, r/2], broadcasts over [B, H, T, r/2]
+        let sin = self.sin.narrow(0, start, t)?;
+        let x_rot = x.narrow(D::Minus1, 0, r)?;
+        let rotated = match self.style {
+            RopeStyle::RotateHalf => {
+                let x1 = x_rot.narrow(D::Minus1, 0, half)?;
+                let x2 = x_rot.narrow(D::Minus1, half, half)?;
+                let o1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+                let o2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+                Tensor::cat(&[o1, o2], D::Minus1)?
+            }
+            RopeStyle::AdjacentPairs => {
+                let dims = x_rot.dims().to_vec();
+                let pairs = x_rot.reshape((dims[0], dims[1], dims[2], half, 2))?;
+                let x0 = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+                let x1 = pairs.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+                let o0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+                let o1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+                Tensor::stack(&[o0, o1], D::Minus1)?.reshape(dims)?
+            }
+        };
+        if r == hd {
+            Ok(rotated)
+        } else {
+            Ok(Tensor::cat(&[rotated, x.narrow(D::Minus1, r, hd - r)?], D::Minus1)?)
+        }
+    }
+}
+
+/// Numerically stable softmax over the last dim (rows fully masked never occur: the diagonal is
+/// always attendable).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// Additive causal mask `[T, T]`: 0 where key j is visible from query i, -inf elsewhere.
+/// Visible: `j <= i` and, with a sliding window w, `i - j < w` (transformers' convention).
+pub fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; t * t];
+    for i in 0..t {
+        for j in 0..t {
+            let visible = j <= i && window.is_none_or(|w| i - j < w);
+            if !visible {
+                m[i * t + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (t, t), device)?)
+}
+
+/// What a forward pass can record per layer (for induction scores and checks).
+#[derive(Clone, Debug, Default)]
+pub struct LayerCapture {
+    pub record_attn_probs: bool,
+    pub record_head_outputs: bool,
+    /// Post-softmax attention probabilities `[B, H, T, T]` (before the head gate).
+    pub attn_probs: Option<Tensor>,
+    /// Per-head outputs after the head gate, concatenated: the input of the output projection,
+    /// `[B, T, H*hd]` (head h occupies columns `h*hd..(h+1)*hd`).
+    pub head_outputs: Option<Tensor>,
+}
+
+/// Multi-head attention with optional RoPE, grouped-query heads and a sliding window.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies q k^T (1/sqrt(hd), or GPT-2's extra 1/(layer+1)).
+    pub scale: f64,
+    pub rope: Option<Rope>,
+    pub sliding_window: Option<usize>,
+}
+
+impl Attention {
+    /// x `[B, T, D]` -> `[B, T, D]`.
+    /// `head_gate` `[H]` multiplies each head's output o_h = A_h v_h before the output projection:
+    /// 0 removes the head entirely (value bias included), the output bias stays (spec 2.3).
+    /// With GQA the gate is per query head.
+    pub fn forward(&self, x: &Tensor, head_gate: Option<&Tensor>, mut capture: Option<&mut LayerCapture>) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        // [B, T, heads*hd] -> [B, heads, T, hd]
+        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let mut q = split(self.q.forward(x)?, h)?;
+        let mut k = split(self.k.forward(x)?, kv)?;
+        let v = split(self.v.forward(x)?, kv)?;
+        if let Some(rope) = &self.rope {
+            q = rope.forward(&q, 0)?;
+            k = rope.forward(&k, 0)?;
+        }
+        // GQA: query head i reads kv head i / (H/KV) (transformers' repeat_kv).
+        let (k, v) = if kv == h { (k, v) } else { (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?) };
+        let q = (q * self.scale)?;
+        let scores = q.matmul(&k.t()?.contiguous()?)?; // [B, H, T, T]
+        let scores = scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?)?;
+        let probs = softmax_last_dim(&scores)?;
+        let mut o = probs.matmul(&v)?; // [B, H, T, hd]
+        if let Some(g) = head_gate {
+            o = o.broadcast_mul(&g.reshape((1, h, 1, 1))?)?;
+        }
+        let o = o.transpose(1, 2)?.reshape((b, t, h * hd))?; // [B, T, H*hd]
+        if let Some(c) = capture.as_deref_mut() {
+            if c.record_attn_probs {
+                c.attn_probs = Some(probs);
+            }
+            if c.record_head_outputs {
+                c.head_outputs = Some(o.clone());
+            }
+        }
+        self.o.forward(&o)
+    }
+    pub fn n_params(&self) -> usize {
+        self.q.n_params() + self.k.n_params() + self.v.n_params() + self.o.n_params()
+    }
+}
+
+/// `[B, KV, T, hd]` -> `[B, KV*n_rep, T, hd]`, each kv head repeated n_rep times consecutively.
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    let (b, kv, t, hd) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.expand((b, kv, n_rep, t, hd))?.reshape((b, kv * n_rep, t, hd))?)
+}
+
+/// How a block wires its two branches to the residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Residual {
+    /// `x += attn(ln1 x); x += ffn(ln2 x)` (OPT pre-LN, GPT-2, Llama, NeoX sequential).
+    PreNorm,
+    /// `x = ln1(x + attn x); x = ln2(x + ffn x)` (OPT-350m). ln2 runs even when the FFN is
+    /// removed: the authors' code applies `final_layer_norm` unconditionally (spec 2.2).
+    PostNorm,
+    /// `x = x + attn(ln1 x) + ffn(ln2 x)` (GPT-NeoX/Pythia `use_parallel_residual`).
+    Parallel,
+}
+
+/// One decoder layer.
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub attn_norm: Norm,
+    pub attn: Attention,
+    pub ffn_norm: Norm,
+    pub mlp: Mlp,
+    pub residual: Residual,
+}
+
+impl Block {
+    /// x `[B, T, D]` -> `[B, T, D]`. `head_gate` `[H]` (None = all heads kept);
+    /// `ffn_gate` scales the FFN branch output; exactly 0 skips the branch (norm included).
+    pub fn forward(&self, x: &Tensor, head_gate: Option<&Tensor>, ffn_gate: f32, capture: Option<&mut LayerCapture>) -> Result<Tensor> {
+        let ffn = |inp: &Tensor| -> Result<Option<Tensor>> {
+            if ffn_gate == 0.0 {
+                return Ok(None);
+            }
+            let y = self.mlp.forward(inp)?;
+            Ok(Some(if ffn_gate == 1.0 { y } else { (y * ffn_gate as f64)? }))
+        };
+        match self.residual {
+            Residual::PreNorm => {
+                let x = (x + self.attn.forward(&self.attn_norm.forward(x)?, head_gate, capture)?)?;
+                match ffn(&self.ffn_norm.forward(&x)?)? {
+                    Some(f) => Ok((x + f)?),
+                    None => Ok(x),
+                }
+            }
+            Residual::PostNorm => {
+                let x = self.attn_norm.forward(&(x + self.attn.forward(x, head_gate, capture)?)?)?;
+                let x = match ffn(&x)? {
+                    Some(f) => (x + f)?,
+                    None => x,
+                };
+                self.ffn_norm.forward(&x)
+            }
+            Residual::Parallel => {
+                // Both branches read the block input x.
+                let a = self.attn.forward(&self.attn_norm.forward(x)?, head_gate, capture)?;
+                let out = (x + a)?;
+                match ffn(&self.ffn_norm.forward(x)?)? {
+                    Some(f) => Ok((out + f)?),
+                    None => Ok(out),
+                }
+            }
+        }
+    }
+    pub fn n_params(&self) -> usize {
+        self.attn_norm.n_params() + self.attn.n_params() + self.ffn_norm.n_params() + self.mlp.n_params()
+    }
+}
+
+/// Token (+ learned position) embeddings, optionally projected up (OPT-350m `project_in`).
+#[derive(Clone, Debug)]
+pub struct Embeddings {
+    /// `[V, E]` (E = D unless projected).
+    pub tokens: Tensor,
+    /// `[P + offset, D]`; OPT looks up row `pos + 2` (spec 2.2), GPT-2 row `pos`.
+    pub positions: Option<(Tensor, usize)>,
+    /// `[D, E]`, no bias.
+    pub project_in: Option<Linear>,
+}
+
+impl Embeddings {
+    /// ids `[B, T]` u32 -> `[B, T, D]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let e = self.tokens.embedding(&ids.flatten_all()?)?; // [B*T, E]
+        let e = match &self.project_in {
+            Some(p) => p.forward(&e)?,
+            None => e,
+        };
+        let d = e.dim(1)?;
+        let e = e.reshape((b, t, d))?;
+        match &self.positions {
+            Some((table, offset)) => {
+                if t + offset > table.dims()[0] {
+                    bail!(
+                        "sequence of {t} tokens exceeds the model's {} learned positions",
+                        table.dims()[0] - offset
+                    );
+                }
+                Ok(e.broadcast_add(&table.narrow(0, *offset, t)?)?)
+            }
+            None => Ok(e),
+        }
+    }
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.dims()[0]
+    }
+}
+
+/// Final norm, optional down projection (OPT-350m `project_out`), unembedding (no bias).
+#[derive(Clone, Debug)]
+pub struct LmHead {
+    pub final_norm: Option<Norm>,
+    /// `[E, D]`, no bias.
+    pub project_out: Option<Linear>,
+    /// `[V, E]`; the same tensor as the token embedding when tied.
+    pub unembed: Tensor,
+    pub tied: bool,
+}
+
+impl LmHead {
+    /// h `[..., D]` -> logits `[..., V]`.
+    pub fn forward(&self, h: &Tensor) -> Result<Tensor> {
+        let h = match &self.final_norm {
+            Some(n) => n.forward(h)?,
+            None => h.clone(),
+        };
+        let h = match &self.project_out {
+            Some(p) => p.forward(&h)?,
+            None => h,
+        };
+        Linear::new(self.unembed.clone(), None).forward(&h)
+    }
+}
+
+/// A tensor of f32 gates on `device`.
+pub fn gate_tensor(values: &[f32], device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(values, values.len(), device)?.to_dtype(DType::F32)?)
+}

@@ -1,0 +1,96 @@
+//! GPT-2 (Radford et al. 2019).
+//!
+//! - `Conv1D` layers store weights as `[in, out]` (the transpose of nn.Linear): transposed here.
+//! - `c_attn` fuses q, k, v along its output: columns `[0, D)` q, `[D, 2D)` k, `[2D, 3D)` v.
+//! - Learned positions (no offset), GELU tanh (`gelu_new`), pre-LN, tied unembedding.
+//! - Scores scaled by hd^-0.5 when `scale_attn_weights` (default) and additionally by
+//!   1/(layer+1) when `scale_attn_by_inverse_layer_idx`.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+
+use super::blocks::{Activation, Attention, Block, Embeddings, Linear, LmHead, Mlp, NormKind, Residual};
+use super::{check_heads, find_prefix, Family, Loader, Model, Parts};
+use crate::formats::hf::ConfigJson;
+use crate::model::weights::WeightSource;
+
+pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Result<Model> {
+    let d = cfg.usize("n_embd")?;
+    let n_layers = cfg.usize("n_layer")?;
+    let n_heads = cfg.usize("n_head")?;
+    let vocab = cfg.usize("vocab_size")?;
+    let max_pos = cfg.usize("n_positions")?;
+    let inner = cfg.opt_usize("n_inner")?.unwrap_or(4 * d);
+    let eps = cfg.f64_or("layer_norm_epsilon", 1e-5)?;
+    let act = Activation::from_hf(cfg.opt_str("activation_function")?.unwrap_or("gelu_new"))?;
+    let scale_weights = cfg.bool_or("scale_attn_weights", true)?;
+    let scale_by_layer = cfg.bool_or("scale_attn_by_inverse_layer_idx", false)?;
+    check_heads(&cfg.path.display().to_string(), d, n_heads, n_heads)?;
+    let hd = d / n_heads;
+
+    // GPT2LMHeadModel saves under `transformer.`; the original hub checkpoints have no prefix.
+    let p = find_prefix(ws, &["transformer.", ""], "wte.weight")?;
+    let ld = Loader { ws, device };
+    // Conv1D: weight [in, out] -> nn.Linear layout [out, in].
+    let conv1d = |name: &str, inp: usize, out: usize| -> Result<(Tensor, Tensor)> {
+        let w = ld.tensor(&format!("{name}.weight"), &[inp, out])?.t()?.contiguous()?;
+        let b = ld.tensor(&format!("{name}.bias"), &[out])?;
+        Ok((w, b))
+    };
+    let tokens = ld.tensor(&format!("{p}wte.weight"), &[vocab, d])?;
+    let positions = ld.tensor(&format!("{p}wpe.weight"), &[max_pos, d])?;
+    let mut blocks = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        let lp = format!("{p}h.{l}");
+        let (w_qkv, b_qkv) = conv1d(&format!("{lp}.attn.c_attn"), d, 3 * d)?; // [3D, D], [3D]
+        let part = |i: usize| -> Result<Linear> {
+            Ok(Linear::new(w_qkv.narrow(0, i * d, d)?.contiguous()?, Some(b_qkv.narrow(0, i * d, d)?.contiguous()?)))
+        };
+        let (wo, bo) = conv1d(&format!("{lp}.attn.c_proj"), d, d)?;
+        let (w1, b1) = conv1d(&format!("{lp}.mlp.c_fc"), d, inner)?;
+        let (w2, b2) = conv1d(&format!("{lp}.mlp.c_proj"), inner, d)?;
+        let mut scale = if scale_weights { (hd as f64).powf(-0.5) } else { 1.0 };
+        if scale_by_layer {
+            scale /= (l + 1) as f64;
+        }
+        blocks.push(Block {
+            attn_norm: ld.norm(&format!("{lp}.ln_1"), NormKind::LayerNorm, d, eps, true)?,
+            attn: Attention {
+                q: part(0)?,
+                k: part(1)?,
+                v: part(2)?,
+                o: Linear::new(wo, Some(bo)),
+                n_heads,
+                n_kv_heads: n_heads,
+                head_dim: hd,
+                scale,
+                rope: None,
+                sliding_window: None,
+            },
+            ffn_norm: ld.norm(&format!("{lp}.ln_2"), NormKind::LayerNorm, d, eps, true)?,
+            mlp: Mlp::Plain { fc1: Linear::new(w1, Some(b1)), fc2: Linear::new(w2, Some(b2)), act },
+            residual: Residual::PreNorm,
+        });
+    }
+    let head = LmHead {
+        final_norm: Some(ld.norm(&format!("{p}ln_f"), NormKind::LayerNorm, d, eps, true)?),
+        project_out: None,
+        unembed: tokens.clone(),
+        tied: true,
+    };
+    Model::assemble(
+        Parts {
+            family: Family::Gpt2,
+            architecture: "gpt2".into(),
+            format: "hf",
+            source: ws.origin(),
+            embed: Embeddings { tokens, positions: Some((positions, 0)), project_in: None },
+            blocks,
+            head,
+            context_length: max_pos,
+            bos_token_id: cfg.opt_usize("bos_token_id")?.map(|x| x as u32),
+            eos_token_id: cfg.opt_usize("eos_token_id")?.map(|x| x as u32),
+        },
+        device,
+    )
+}

@@ -1,0 +1,116 @@
+//! GPT-NeoX / Pythia (Black et al. 2022; Biderman et al. 2023).
+//!
+//! - `query_key_value` fuses q, k, v *per head*: its output viewed as `[H, 3, hd]`, i.e. rows
+//!   `h*3*hd + [0, hd)` are head h's q, `+ [hd, 2hd)` its k, `+ [2hd, 3hd)` its v.
+//! - Partial rotary: only the first `rotary_pct * hd` dims of each head rotate (rotate-half).
+//! - Parallel residual by default: `x + attn(ln1 x) + mlp(ln2 x)`; sequential when
+//!   `use_parallel_residual = false`.
+//! - Untied `embed_out` unless `tie_word_embeddings`.
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+use super::blocks::{Activation, Attention, Block, Embeddings, Linear, LmHead, Mlp, NormKind, Residual, Rope, RopeStyle};
+use super::{check_heads, find_prefix, Family, Loader, Model, Parts};
+use crate::formats::hf::ConfigJson;
+use crate::model::weights::WeightSource;
+
+pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Result<Model> {
+    let d = cfg.usize("hidden_size")?;
+    let n_layers = cfg.usize("num_hidden_layers")?;
+    let n_heads = cfg.usize("num_attention_heads")?;
+    let ffn = cfg.usize("intermediate_size")?;
+    let vocab = cfg.usize("vocab_size")?;
+    let max_pos = cfg.usize("max_position_embeddings")?;
+    let eps = cfg.f64_or("layer_norm_eps", 1e-5)?;
+    let act = Activation::from_hf(cfg.opt_str("hidden_act")?.unwrap_or("gelu"))?;
+    let parallel = cfg.bool_or("use_parallel_residual", true)?;
+    let bias = cfg.bool_or("attention_bias", true)?;
+    let tied = cfg.bool_or("tie_word_embeddings", false)?;
+    // Newer transformers write `partial_rotary_factor` / `rope_theta`; older `rotary_pct` /
+    // `rotary_emb_base`.
+    let pct = match cfg.opt_f64("rotary_pct")? {
+        Some(x) => x,
+        None => cfg.f64_or("partial_rotary_factor", 0.25)?,
+    };
+    let theta = match cfg.opt_f64("rotary_emb_base")? {
+        Some(x) => x,
+        None => cfg.f64_or("rope_theta", 10000.0)?,
+    };
+    if cfg.object("rope_scaling").is_some() {
+        bail!("{}: rope_scaling is not supported for gpt_neox", cfg.path.display());
+    }
+    check_heads(&cfg.path.display().to_string(), d, n_heads, n_heads)?;
+    let hd = d / n_heads;
+    let rotary_dim = (hd as f64 * pct) as usize; // transformers: int(head_size * rotary_pct)
+    let rope = Rope::new(
+        RopeStyle::RotateHalf,
+        rotary_dim,
+        theta,
+        &Rope::default_inv_freq(theta, rotary_dim),
+        max_pos.min(super::llama::MAX_ROPE_TABLE),
+        device,
+    )?;
+
+    let p = find_prefix(ws, &["gpt_neox.", ""], "embed_in.weight")?;
+    let ld = Loader { ws, device };
+    let tokens = ld.tensor(&format!("{p}embed_in.weight"), &[vocab, d])?;
+    let mut blocks = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        let lp = format!("{p}layers.{l}");
+        let qkv = ld.linear(&format!("{lp}.attention.query_key_value"), 3 * d, d, bias)?;
+        // Rows viewed as [H, 3, hd, D]: pick q (0), k (1) or v (2) of every head.
+        let part = |i: usize| -> Result<Linear> {
+            let w = qkv.weight.reshape((n_heads, 3, hd, d))?.narrow(1, i, 1)?.reshape((d, d))?.contiguous()?;
+            let b = match &qkv.bias {
+                Some(b) => Some(b.reshape((n_heads, 3, hd))?.narrow(1, i, 1)?.reshape(d)?.contiguous()?),
+                None => None,
+            };
+            Ok(Linear::new(w, b))
+        };
+        blocks.push(Block {
+            attn_norm: ld.norm(&format!("{lp}.input_layernorm"), NormKind::LayerNorm, d, eps, true)?,
+            attn: Attention {
+                q: part(0)?,
+                k: part(1)?,
+                v: part(2)?,
+                o: ld.linear(&format!("{lp}.attention.dense"), d, d, bias)?,
+                n_heads,
+                n_kv_heads: n_heads,
+                head_dim: hd,
+                scale: (hd as f64).powf(-0.5),
+                rope: Some(rope.clone()),
+                sliding_window: None,
+            },
+            ffn_norm: ld.norm(&format!("{lp}.post_attention_layernorm"), NormKind::LayerNorm, d, eps, true)?,
+            mlp: Mlp::Plain {
+                fc1: ld.linear(&format!("{lp}.mlp.dense_h_to_4h"), ffn, d, true)?,
+                fc2: ld.linear(&format!("{lp}.mlp.dense_4h_to_h"), d, ffn, true)?,
+                act,
+            },
+            residual: if parallel { Residual::Parallel } else { Residual::PreNorm },
+        });
+    }
+    let unembed: Tensor = if tied { tokens.clone() } else { ld.tensor("embed_out.weight", &[vocab, d])? };
+    let head = LmHead {
+        final_norm: Some(ld.norm(&format!("{p}final_layer_norm"), NormKind::LayerNorm, d, eps, true)?),
+        project_out: None,
+        unembed,
+        tied,
+    };
+    Model::assemble(
+        Parts {
+            family: Family::NeoX,
+            architecture: "gpt_neox".into(),
+            format: "hf",
+            source: ws.origin(),
+            embed: Embeddings { tokens, positions: None, project_in: None },
+            blocks,
+            head,
+            context_length: max_pos,
+            bos_token_id: cfg.opt_usize("bos_token_id")?.map(|x| x as u32),
+            eos_token_id: cfg.opt_usize("eos_token_id")?.map(|x| x as u32),
+        },
+        device,
+    )
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""PyTorch side of headroom's benchmarks (run by `cargo bench`, never by the tool itself).
+
+Times transformers at the same shapes as the Rust bench, frozen weights, f32, and prints one
+JSON line {"seconds_per_iter": ...}. Modes:
+  forward     logits for a batch (torch.no_grad)
+  importance  forward + backward to the per-head outputs and FFN outputs only (weights frozen,
+              requires_grad only on the gates), as ../shared/bench/torch_importance_baseline.py
+Models: opt-125m (random weights of OPT-125m's shape) or gguf (a GGUF file via transformers'
+GGUF loader, which dequantizes to f32).
+"""
+import argparse, json, time
+
+import torch
+import transformers
+
+
+def build(which, gguf):
+    if which == "opt-125m":
+        cfg = transformers.OPTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
+                                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=768)
+        torch.manual_seed(0)
+        return transformers.OPTForCausalLM(cfg).eval()
+    import os
+    folder, name = os.path.split(os.path.abspath(gguf))
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32).eval()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--gguf")
+    ap.add_argument("--mode", default="forward")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=3)
+    a = ap.parse_args()
+    model = build(a.model, a.gguf)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    vocab = model.config.vocab_size
+    ids = (torch.arange(a.batch * a.seq).reshape(a.batch, a.seq) * 104729 % (vocab - 1))
+
+    def step():
+        if a.mode == "forward":
+            with torch.no_grad():
+                model(input_ids=ids).logits
+        else:
+            raise SystemExit(f"mode {a.mode} not implemented yet")
+
+    step()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(a.iters):
+        step()
+    dt = (time.perf_counter() - t0) / a.iters
+    print(json.dumps({"seconds_per_iter": dt, "threads": torch.get_num_threads(),
+                      "torch": torch.__version__, "transformers": transformers.__version__}))
+
+
+if __name__ == "__main__":
+    main()
