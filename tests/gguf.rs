@@ -36,10 +36,14 @@ fn assert_contains(hay: &str, needles: &[&str]) {
 
 /// Deterministic pseudo-random values in [-scale, scale).
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u = ((s >> 40) as f32) / ((1u64 << 24) as f32);
             (2.0 * u - 1.0) * scale
         })
@@ -65,8 +69,10 @@ fn small_file() -> Vec<u8> {
     w.add("general.architecture", "llama");
     w.add("llama.block_count", 2u32);
     w.add_str_array("tokenizer.ggml.tokens", &["a", "b", "ab"]);
-    w.add_tensor("a.weight", &[2, 32], &values(64, 1, 1.0), GgmlType::F32).unwrap();
-    w.add_tensor("b.weight", &[4, 32], &values(128, 2, 1.0), GgmlType::Q8_0).unwrap();
+    w.add_tensor("a.weight", &[2, 32], &values(64, 1, 1.0), GgmlType::F32)
+        .unwrap();
+    w.add_tensor("b.weight", &[4, 32], &values(128, 2, 1.0), GgmlType::Q8_0)
+        .unwrap();
     w.to_bytes().unwrap()
 }
 
@@ -75,8 +81,14 @@ fn small_file() -> Vec<u8> {
 
 #[test]
 fn metadata_round_trip_every_type() {
-    let nested = GgufArray::Array(vec![GgufArray::U32(vec![1, 2, 3]), GgufArray::U32(vec![]), GgufArray::U32(vec![7])]);
-    let nested2 = GgufArray::Array(vec![GgufArray::Array(vec![GgufArray::String(vec!["deep".into()])])]);
+    let nested = GgufArray::Array(vec![
+        GgufArray::U32(vec![1, 2, 3]),
+        GgufArray::U32(vec![]),
+        GgufArray::U32(vec![7]),
+    ]);
+    let nested2 = GgufArray::Array(vec![GgufArray::Array(vec![GgufArray::String(vec![
+        "deep".into(),
+    ])])]);
     let entries: Vec<(&str, GgufValue)> = vec![
         ("t.u8", GgufValue::U8(200)),
         ("t.i8", GgufValue::I8(-100)),
@@ -100,10 +112,16 @@ fn metadata_round_trip_every_type() {
         ("t.a_i32", GgufArray::I32(vec![-1, 0, 4]).into()),
         ("t.a_u64", GgufArray::U64(vec![u64::MAX, 0]).into()),
         ("t.a_i64", GgufArray::I64(vec![i64::MIN, 5]).into()),
-        ("t.a_f32", GgufArray::F32(vec![0.5, -1.25, f32::INFINITY]).into()),
+        (
+            "t.a_f32",
+            GgufArray::F32(vec![0.5, -1.25, f32::INFINITY]).into(),
+        ),
         ("t.a_f64", GgufArray::F64(vec![1e300, -0.0]).into()),
         ("t.a_bool", GgufArray::Bool(vec![true, false, true]).into()),
-        ("t.a_str", GgufArray::String(vec!["Ġthe".into(), "".into(), "a b".into()]).into()),
+        (
+            "t.a_str",
+            GgufArray::String(vec!["Ġthe".into(), "".into(), "a b".into()]).into(),
+        ),
         ("t.a_empty", GgufArray::F32(vec![]).into()),
         ("t.a_nested", nested.clone().into()),
         ("t.a_nested2", nested2.clone().into()),
@@ -112,8 +130,13 @@ fn metadata_round_trip_every_type() {
     for (k, v) in &entries {
         w.add(k, v.clone());
     }
-    w.add_u32("c.u32", 7).add_u64("c.u64", 8).add_f32("c.f32", 0.25).add_bool("c.bool", true);
-    w.add_string("c.str", "x").add_i32_array("c.ai32", &[3, 4]).add_u32_array("c.au32", &[5]);
+    w.add_u32("c.u32", 7)
+        .add_u64("c.u64", 8)
+        .add_f32("c.f32", 0.25)
+        .add_bool("c.bool", true);
+    w.add_string("c.str", "x")
+        .add_i32_array("c.ai32", &[3, 4])
+        .add_u32_array("c.au32", &[5]);
     w.add_f32_array("c.af32", &[1.5]);
     let dir = tmpdir();
     let p = dir.path().join("meta.gguf");
@@ -140,7 +163,10 @@ fn metadata_round_trip_every_type() {
     assert_eq!(g.get_f64("t.f64").unwrap(), std::f64::consts::PI);
     assert!(g.get_bool("t.bool_t").unwrap());
     assert_eq!(g.get_str("t.str").unwrap(), "héllo wörld ✓ 日本");
-    assert_eq!(g.get_str_array("t.a_str").unwrap(), &["Ġthe".to_string(), String::new(), "a b".into()]);
+    assert_eq!(
+        g.get_str_array("t.a_str").unwrap(),
+        &["Ġthe".to_string(), String::new(), "a b".into()]
+    );
     assert_eq!(g.get_i64_array("t.a_u8").unwrap(), vec![0, 1, 255]);
     assert_eq!(g.get_i64_array("t.a_i32").unwrap(), vec![-1, 0, 4]);
     assert_eq!(g.get_f32_array("t.a_f32").unwrap()[1], -1.25);
@@ -149,7 +175,10 @@ fn metadata_round_trip_every_type() {
 
     // errors name the file, the key and what was expected
     let e = format!("{:#}", g.get_u64("llama.block_count").unwrap_err());
-    assert_contains(&e, &["meta.gguf", "missing metadata key `llama.block_count`"]);
+    assert_contains(
+        &e,
+        &["meta.gguf", "missing metadata key `llama.block_count`"],
+    );
     let e = format!("{:#}", g.get_u64("t.i8").unwrap_err());
     assert_contains(&e, &["meta.gguf", "`t.i8`", "non-negative integer"]);
     let e = format!("{:#}", g.get_u32("t.u64").unwrap_err());
@@ -175,8 +204,10 @@ fn v2_files_are_read() {
 fn custom_alignment_is_honoured() {
     let mut w = GgufWriter::new();
     w.add("general.alignment", 64u32);
-    w.add_tensor("x", &[1, 32], &values(32, 3, 1.0), GgmlType::Q4_1).unwrap();
-    w.add_tensor("y", &[1, 32], &values(32, 4, 1.0), GgmlType::F16).unwrap();
+    w.add_tensor("x", &[1, 32], &values(32, 3, 1.0), GgmlType::Q4_1)
+        .unwrap();
+    w.add_tensor("y", &[1, 32], &values(32, 4, 1.0), GgmlType::F16)
+        .unwrap();
     let g = GgufFile::from_bytes(w.to_bytes().unwrap(), "align.gguf").unwrap();
     assert_eq!(g.alignment(), 64);
     assert_eq!(g.data_offset() % 64, 0);
@@ -203,10 +234,18 @@ fn tensor_round_trip_all_writer_types() {
         *v = 0.75;
     }
     x[100] = 9.0;
-    let types = [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
+    let types = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+    ];
     let mut w = GgufWriter::new();
     for t in types {
-        w.add_tensor(&format!("w.{}", t.name()), &shape, &x, t).unwrap();
+        w.add_tensor(&format!("w.{}", t.name()), &shape, &x, t)
+            .unwrap();
     }
     let g = GgufFile::from_bytes(w.to_bytes().unwrap(), "rt.gguf").unwrap();
     for t in types {
@@ -233,15 +272,26 @@ fn tensor_round_trip_all_writer_types() {
                     // step |d| = amax/8; the largest magnitude may clamp to 7*d (error d)
                     GgmlType::Q4_0 => amax / 8.0 * 1.01,
                     // step d = (max-min)/15, plus f16 rounding of d and min
-                    GgmlType::Q4_1 => 0.5 * (max - min) / 15.0 + (max - min) * 2f32.powi(-9) + min.abs() * 2f32.powi(-10),
+                    GgmlType::Q4_1 => {
+                        0.5 * (max - min) / 15.0
+                            + (max - min) * 2f32.powi(-9)
+                            + min.abs() * 2f32.powi(-10)
+                    }
                     _ => unreachable!(),
                 };
-                assert!(err <= bound, "{name} block {b} elem {i}: x={a} got {q} err {err} > {bound}");
+                assert!(
+                    err <= bound,
+                    "{name} block {b} elem {i}: x={a} got {q} err {err} > {bound}"
+                );
             }
         }
         // constant block: exact except Q8_0 (whose d = 0.75/127 is rounded to f16)
         if t != GgmlType::Q8_0 {
-            assert!(y[64..96].iter().all(|&q| q == 0.75), "{name}: {:?}", &y[64..96]);
+            assert!(
+                y[64..96].iter().all(|&q| q == 0.75),
+                "{name}: {:?}",
+                &y[64..96]
+            );
         }
     }
     // F32 is exact
@@ -261,9 +311,11 @@ fn hand_computed_q4_1_block() {
         expected[j + 16] = (15 - j) as f32 * 0.5 - 1.0;
     }
     let mut w = GgufWriter::new();
-    w.add_tensor_raw("raw", &[1, 32], GgmlType::Q4_1, block.clone()).unwrap();
+    w.add_tensor_raw("raw", &[1, 32], GgmlType::Q4_1, block.clone())
+        .unwrap();
     // the reference quantizer reproduces the same bytes from the same values
-    w.add_tensor("quantized", &[1, 32], &expected, GgmlType::Q4_1).unwrap();
+    w.add_tensor("quantized", &[1, 32], &expected, GgmlType::Q4_1)
+        .unwrap();
     let g = GgufFile::from_bytes(w.to_bytes().unwrap(), "q41.gguf").unwrap();
     assert_eq!(g.dequantize("raw").unwrap().1, expected);
     assert_eq!(g.tensor_bytes("quantized").unwrap(), &block[..]);
@@ -281,8 +333,10 @@ fn hand_computed_q8_0_block() {
     let expected: Vec<f32> = qs.iter().map(|&q| q as f32 * 0.25).collect();
     assert_eq!(expected[0], -31.75);
     let mut w = GgufWriter::new();
-    w.add_tensor_raw("raw", &[32], GgmlType::Q8_0, block.clone()).unwrap();
-    w.add_tensor("quantized", &[32], &expected, GgmlType::Q8_0).unwrap();
+    w.add_tensor_raw("raw", &[32], GgmlType::Q8_0, block.clone())
+        .unwrap();
+    w.add_tensor("quantized", &[32], &expected, GgmlType::Q8_0)
+        .unwrap();
     let g = GgufFile::from_bytes(w.to_bytes().unwrap(), "q80.gguf").unwrap();
     assert_eq!(g.dequantize("raw").unwrap(), (vec![32], expected.clone()));
     assert_eq!(g.tensor_bytes("quantized").unwrap(), &block[..]);
@@ -348,7 +402,9 @@ fn hand_computed_q4_k_and_q6_k_blocks() {
     }
     let mut b = vec![0x00, 0x3C, 0x00, 0x38];
     b.extend_from_slice(&scales);
-    let qs: Vec<u8> = (0..128).map(|i| (i % 16) as u8 | (((i / 8) % 16) as u8) << 4).collect();
+    let qs: Vec<u8> = (0..128)
+        .map(|i| (i % 16) as u8 | (((i / 8) % 16) as u8) << 4)
+        .collect();
     b.extend_from_slice(&qs);
     assert_eq!(b.len(), 144);
     let mut expect_k4 = vec![0f32; 256];
@@ -373,7 +429,7 @@ fn hand_computed_q4_k_and_q6_k_blocks() {
     b6.extend_from_slice(&f16::from_f32(0.125).to_le_bytes());
     assert_eq!(b6.len(), 210);
     let mut expect_k6 = vec![0f32; 256];
-    for e in 0..256 {
+    for (e, out) in expect_k6.iter_mut().enumerate() {
         let (h, p) = (e / 128, e % 128);
         let (g, l) = (p / 32, p % 32);
         let qlb = ql[64 * h + l + 32 * (g % 2)];
@@ -381,7 +437,7 @@ fn hand_computed_q4_k_and_q6_k_blocks() {
         let hi = (qh[32 * h + l] >> (2 * g)) & 3;
         let q = (low | (hi << 4)) as i32 - 32;
         let s = sc6[8 * h + l / 16 + 2 * g] as f32;
-        expect_k6[e] = 0.125 * s * q as f32;
+        *out = 0.125 * s * q as f32;
     }
     let mut w = GgufWriter::new();
     w.add_tensor_raw("k4", &[256], GgmlType::Q4_K, b).unwrap();
@@ -394,14 +450,31 @@ fn hand_computed_q4_k_and_q6_k_blocks() {
 #[test]
 fn writer_rejects_bad_tensors() {
     let mut w = GgufWriter::new();
-    let e = w.add_tensor("x", &[2, 48], &values(96, 1, 1.0), GgmlType::Q4_1).err().map(|e| format!("{e:#}")).unwrap();
+    let e = w
+        .add_tensor("x", &[2, 48], &values(96, 1, 1.0), GgmlType::Q4_1)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap();
     assert_contains(&e, &["`x`", "48", "block size 32"]);
-    let e = w.add_tensor("x", &[2, 32], &values(10, 1, 1.0), GgmlType::F32).err().map(|e| format!("{e:#}")).unwrap();
+    let e = w
+        .add_tensor("x", &[2, 32], &values(10, 1, 1.0), GgmlType::F32)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap();
     assert_contains(&e, &["`x`", "64 elements", "10 values"]);
-    let e = w.add_tensor("x", &[256], &values(256, 1, 1.0), GgmlType::Q4_K).err().map(|e| format!("{e:#}")).unwrap();
+    let e = w
+        .add_tensor("x", &[256], &values(256, 1, 1.0), GgmlType::Q4_K)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap();
     assert_contains(&e, &["cannot quantize to Q4_K"]);
-    w.add_tensor("x", &[32], &values(32, 1, 1.0), GgmlType::F32).unwrap();
-    let e = w.add_tensor("x", &[32], &values(32, 1, 1.0), GgmlType::F32).err().map(|e| format!("{e:#}")).unwrap();
+    w.add_tensor("x", &[32], &values(32, 1, 1.0), GgmlType::F32)
+        .unwrap();
+    let e = w
+        .add_tensor("x", &[32], &values(32, 1, 1.0), GgmlType::F32)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap();
     assert_contains(&e, &["added twice"]);
 }
 
@@ -421,9 +494,19 @@ fn weight_source_loads_and_checks_shapes() {
     let t = g.load_f32("b.weight", &[4, 32], &Device::Cpu).unwrap();
     assert_eq!(t.dims(), &[4, 32]);
 
-    let e = format!("{:#}", g.load_f32("a.weight", &[32, 2], &Device::Cpu).unwrap_err());
-    assert_contains(&e, &["ws.gguf", "`a.weight`", "[2, 32]", "expected [32, 2]"]);
-    let e = format!("{:#}", g.load_f32("missing.weight", &[1], &Device::Cpu).unwrap_err());
+    let e = format!(
+        "{:#}",
+        g.load_f32("a.weight", &[32, 2], &Device::Cpu).unwrap_err()
+    );
+    assert_contains(
+        &e,
+        &["ws.gguf", "`a.weight`", "[2, 32]", "expected [32, 2]"],
+    );
+    let e = format!(
+        "{:#}",
+        g.load_f32("missing.weight", &[1], &Device::Cpu)
+            .unwrap_err()
+    );
     assert_contains(&e, &["ws.gguf", "no tensor named `missing.weight`"]);
 }
 
@@ -445,14 +528,31 @@ fn bad_magic_and_version() {
     let mut b = small_file();
     b[0..4].copy_from_slice(b"GGML");
     let p = write_bytes(dir.path(), "magic.gguf", &b);
-    assert_contains(&open_err(&p), &["magic.gguf", "byte 0", "bad magic", "\"GGUF\""]);
+    assert_contains(
+        &open_err(&p),
+        &["magic.gguf", "byte 0", "bad magic", "\"GGUF\""],
+    );
     let p = write_bytes(dir.path(), "short.gguf", b"GG");
-    assert_contains(&open_err(&p), &["short.gguf", "truncated at byte 0", "need 4 bytes, only 2 left"]);
+    assert_contains(
+        &open_err(&p),
+        &[
+            "short.gguf",
+            "truncated at byte 0",
+            "need 4 bytes, only 2 left",
+        ],
+    );
     for v in [1u32, 4, 0xFFFF_FFFF] {
         let mut b = small_file();
         b[4..8].copy_from_slice(&v.to_le_bytes());
         let p = write_bytes(dir.path(), "ver.gguf", &b);
-        assert_contains(&open_err(&p), &["ver.gguf", &format!("unsupported GGUF version {v}"), "supported: 2, 3"]);
+        assert_contains(
+            &open_err(&p),
+            &[
+                "ver.gguf",
+                &format!("unsupported GGUF version {v}"),
+                "supported: 2, 3",
+            ],
+        );
     }
 }
 
@@ -480,7 +580,10 @@ fn truncated_files() {
     let p = write_bytes(dir.path(), "trunc_kv.gguf", &b[..cut]);
     let e = open_err(&p);
     assert_contains(&e, &["trunc_kv.gguf", "`tokenizer.ggml.tokens`"]);
-    assert!(e.contains("truncated at byte") || e.contains("claims"), "{e}");
+    assert!(
+        e.contains("truncated at byte") || e.contains("claims"),
+        "{e}"
+    );
     // in the tensor infos
     let p = write_bytes(dir.path(), "trunc_info.gguf", &b[..infos + 20]);
     let e = open_err(&p);
@@ -492,12 +595,23 @@ fn truncated_files() {
     assert!(end <= b.len() && end > data + 10);
     let p = write_bytes(dir.path(), "trunc_data.gguf", &b[..end - 10]);
     let e = open_err(&p);
-    assert_contains(&e, &["trunc_data.gguf", "tensor `b.weight`", "needs bytes", &format!("file is only {} bytes", end - 10)]);
+    assert_contains(
+        &e,
+        &[
+            "trunc_data.gguf",
+            "tensor `b.weight`",
+            "needs bytes",
+            &format!("file is only {} bytes", end - 10),
+        ],
+    );
     // every prefix that cuts into a section fails cleanly (never a panic)
     for n in 0..end {
         let keep = b[..n].to_vec();
         let valid_without_tail = GgufFile::from_bytes(keep, "prefix.gguf");
-        assert!(valid_without_tail.is_err(), "prefix of {n} bytes should not open");
+        assert!(
+            valid_without_tail.is_err(),
+            "prefix of {n} bytes should not open"
+        );
     }
 }
 
@@ -527,7 +641,16 @@ fn huge_lengths_are_errors_not_allocations() {
     b.extend_from_slice(&(1u64 << 60).to_le_bytes());
     b.extend_from_slice(b"general.architecture");
     let p = write_bytes(dir.path(), "strlen.gguf", &b);
-    assert_contains(&open_err(&p), &["strlen.gguf", "byte 24", "metadata key #0", "1152921504606846976 bytes", "only 20 bytes are left"]);
+    assert_contains(
+        &open_err(&p),
+        &[
+            "strlen.gguf",
+            "byte 24",
+            "metadata key #0",
+            "1152921504606846976 bytes",
+            "only 20 bytes are left",
+        ],
+    );
 
     // string length 2^60 for a value
     let mut b = header(3, 0, 1);
@@ -535,7 +658,10 @@ fn huge_lengths_are_errors_not_allocations() {
     b.extend_from_slice(&8u32.to_le_bytes());
     b.extend_from_slice(&(1u64 << 60).to_le_bytes());
     let p = write_bytes(dir.path(), "valstr.gguf", &b);
-    assert_contains(&open_err(&p), &["valstr.gguf", "`general.name`", "1152921504606846976"]);
+    assert_contains(
+        &open_err(&p),
+        &["valstr.gguf", "`general.name`", "1152921504606846976"],
+    );
 
     // array of 10^9 u32 in a tiny file
     let mut b = header(3, 0, 1);
@@ -547,7 +673,13 @@ fn huge_lengths_are_errors_not_allocations() {
     let p = write_bytes(dir.path(), "arrlen.gguf", &b);
     assert_contains(
         &open_err(&p),
-        &["arrlen.gguf", "`tokenizer.ggml.token_type`", "array of u32", "claims 1000000000 elements", "only 16 bytes are left"],
+        &[
+            "arrlen.gguf",
+            "`tokenizer.ggml.token_type`",
+            "array of u32",
+            "claims 1000000000 elements",
+            "only 16 bytes are left",
+        ],
     );
 
     // array of 2^62 strings (count * 8 overflows u64 in a naive check)
@@ -557,7 +689,10 @@ fn huge_lengths_are_errors_not_allocations() {
     b.extend_from_slice(&8u32.to_le_bytes());
     b.extend_from_slice(&(1u64 << 62).to_le_bytes());
     let p = write_bytes(dir.path(), "arrstr.gguf", &b);
-    assert_contains(&open_err(&p), &["arrstr.gguf", "claims 4611686018427387904 elements"]);
+    assert_contains(
+        &open_err(&p),
+        &["arrstr.gguf", "claims 4611686018427387904 elements"],
+    );
 
     // deeply nested arrays
     let mut b = header(3, 0, 1);
@@ -572,9 +707,19 @@ fn huge_lengths_are_errors_not_allocations() {
 
     // n_tensors and n_kv huge
     let p = write_bytes(dir.path(), "ntensors.gguf", &header(3, u64::MAX / 2, 0));
-    assert_contains(&open_err(&p), &["ntensors.gguf", "n_tensors", "claims 9223372036854775807 elements"]);
+    assert_contains(
+        &open_err(&p),
+        &[
+            "ntensors.gguf",
+            "n_tensors",
+            "claims 9223372036854775807 elements",
+        ],
+    );
     let p = write_bytes(dir.path(), "nkv.gguf", &header(3, 0, 1 << 40));
-    assert_contains(&open_err(&p), &["nkv.gguf", "n_kv", "claims 1099511627776 elements"]);
+    assert_contains(
+        &open_err(&p),
+        &["nkv.gguf", "n_kv", "claims 1099511627776 elements"],
+    );
 
     // unknown value type, bad bool
     let mut b = header(3, 0, 1);
@@ -582,13 +727,19 @@ fn huge_lengths_are_errors_not_allocations() {
     b.extend_from_slice(&13u32.to_le_bytes());
     b.extend_from_slice(&[0u8; 8]);
     let p = write_bytes(dir.path(), "vtype.gguf", &b);
-    assert_contains(&open_err(&p), &["vtype.gguf", "`k`", "unknown value type 13"]);
+    assert_contains(
+        &open_err(&p),
+        &["vtype.gguf", "`k`", "unknown value type 13"],
+    );
     let mut b = header(3, 0, 1);
     s(&mut b, "k");
     b.extend_from_slice(&7u32.to_le_bytes());
     b.push(2);
     let p = write_bytes(dir.path(), "bool.gguf", &b);
-    assert_contains(&open_err(&p), &["bool.gguf", "`k`", "byte value 2", "expected 0 or 1"]);
+    assert_contains(
+        &open_err(&p),
+        &["bool.gguf", "`k`", "byte value 2", "expected 0 or 1"],
+    );
 }
 
 /// One tensor info by hand: name "t", dims, type, offset; no KVs.
@@ -613,24 +764,92 @@ fn bad_tensor_infos() {
     let g = GgufFile::from_bytes(one_tensor_file(&[8, 2], 0, 0, 64), "ok.gguf").unwrap();
     assert_eq!(g.tensor_info("t").unwrap().shape, vec![2, 8]);
 
-    let p = write_bytes(dir.path(), "offset.gguf", &one_tensor_file(&[8, 2], 0, 1 << 20, 64));
-    assert_contains(&open_err(&p), &["offset.gguf", "tensor `t`", "needs bytes", "1048576"]);
-    let p = write_bytes(dir.path(), "offset_max.gguf", &one_tensor_file(&[8, 2], 0, u64::MAX - 31, 64));
+    let p = write_bytes(
+        dir.path(),
+        "offset.gguf",
+        &one_tensor_file(&[8, 2], 0, 1 << 20, 64),
+    );
+    assert_contains(
+        &open_err(&p),
+        &["offset.gguf", "tensor `t`", "needs bytes", "1048576"],
+    );
+    let p = write_bytes(
+        dir.path(),
+        "offset_max.gguf",
+        &one_tensor_file(&[8, 2], 0, u64::MAX - 31, 64),
+    );
     assert_contains(&open_err(&p), &["offset_max.gguf", "tensor `t`"]);
-    let p = write_bytes(dir.path(), "unaligned.gguf", &one_tensor_file(&[8, 2], 0, 4, 128));
-    assert_contains(&open_err(&p), &["unaligned.gguf", "tensor `t`", "offset 4", "alignment 32"]);
-    let p = write_bytes(dir.path(), "ndims.gguf", &one_tensor_file(&[1; 9], 0, 0, 64));
-    assert_contains(&open_err(&p), &["ndims.gguf", "tensor `t`", "n_dims = 9", "at most 4"]);
-    let p = write_bytes(dir.path(), "dims_overflow.gguf", &one_tensor_file(&[1 << 40, 1 << 40], 0, 0, 64));
-    assert_contains(&open_err(&p), &["dims_overflow.gguf", "tensor `t`", "overflows"]);
-    let p = write_bytes(dir.path(), "dims_big.gguf", &one_tensor_file(&[1 << 30, 1 << 20], 0, 0, 64));
-    assert_contains(&open_err(&p), &["dims_big.gguf", "tensor `t`", "needs bytes"]);
-    let p = write_bytes(dir.path(), "dim_neg.gguf", &one_tensor_file(&[u64::MAX], 0, 0, 64));
+    let p = write_bytes(
+        dir.path(),
+        "unaligned.gguf",
+        &one_tensor_file(&[8, 2], 0, 4, 128),
+    );
+    assert_contains(
+        &open_err(&p),
+        &["unaligned.gguf", "tensor `t`", "offset 4", "alignment 32"],
+    );
+    let p = write_bytes(
+        dir.path(),
+        "ndims.gguf",
+        &one_tensor_file(&[1; 9], 0, 0, 64),
+    );
+    assert_contains(
+        &open_err(&p),
+        &["ndims.gguf", "tensor `t`", "n_dims = 9", "at most 4"],
+    );
+    let p = write_bytes(
+        dir.path(),
+        "dims_overflow.gguf",
+        &one_tensor_file(&[1 << 40, 1 << 40], 0, 0, 64),
+    );
+    assert_contains(
+        &open_err(&p),
+        &["dims_overflow.gguf", "tensor `t`", "overflows"],
+    );
+    let p = write_bytes(
+        dir.path(),
+        "dims_big.gguf",
+        &one_tensor_file(&[1 << 30, 1 << 20], 0, 0, 64),
+    );
+    assert_contains(
+        &open_err(&p),
+        &["dims_big.gguf", "tensor `t`", "needs bytes"],
+    );
+    let p = write_bytes(
+        dir.path(),
+        "dim_neg.gguf",
+        &one_tensor_file(&[u64::MAX], 0, 0, 64),
+    );
     assert_contains(&open_err(&p), &["dim_neg.gguf", "tensor `t`", "negative"]);
-    let p = write_bytes(dir.path(), "rowlen.gguf", &one_tensor_file(&[48, 1], 3, 0, 64));
-    assert_contains(&open_err(&p), &["rowlen.gguf", "tensor `t`", "Q4_1 (id 3)", "ne0 = 48", "multiple of 32"]);
-    let p = write_bytes(dir.path(), "typeid.gguf", &one_tensor_file(&[32], 77, 0, 64));
-    assert_contains(&open_err(&p), &["typeid.gguf", "tensor `t`", "unknown tensor type id 77", "supported: F32"]);
+    let p = write_bytes(
+        dir.path(),
+        "rowlen.gguf",
+        &one_tensor_file(&[48, 1], 3, 0, 64),
+    );
+    assert_contains(
+        &open_err(&p),
+        &[
+            "rowlen.gguf",
+            "tensor `t`",
+            "Q4_1 (id 3)",
+            "ne0 = 48",
+            "multiple of 32",
+        ],
+    );
+    let p = write_bytes(
+        dir.path(),
+        "typeid.gguf",
+        &one_tensor_file(&[32], 77, 0, 64),
+    );
+    assert_contains(
+        &open_err(&p),
+        &[
+            "typeid.gguf",
+            "tensor `t`",
+            "unknown tensor type id 77",
+            "supported: F32",
+        ],
+    );
 
     // duplicate names
     let mut b = header(3, 2, 0);
@@ -658,14 +877,18 @@ fn bad_tensor_infos() {
         b
     };
     let p = write_bytes(dir.path(), "align.gguf", &b);
-    assert_contains(&open_err(&p), &["align.gguf", "general.alignment", "power of two"]);
+    assert_contains(
+        &open_err(&p),
+        &["align.gguf", "general.alignment", "power of two"],
+    );
 }
 
 #[test]
 fn unsupported_tensor_type_is_a_clear_error() {
     let dir = tmpdir();
     let mut w = GgufWriter::new();
-    w.add_tensor_raw("blk.0.q2", &[256], GgmlType::Q2_K, vec![0u8; 84]).unwrap();
+    w.add_tensor_raw("blk.0.q2", &[256], GgmlType::Q2_K, vec![0u8; 84])
+        .unwrap();
     let p = dir.path().join("q2k.gguf");
     w.write(&p).unwrap();
     let g = GgufFile::open(&p).unwrap(); // opening is fine
@@ -673,9 +896,16 @@ fn unsupported_tensor_type_is_a_clear_error() {
     let e = format!("{:#}", g.dequantize("blk.0.q2").unwrap_err());
     assert_contains(
         &e,
-        &["q2k.gguf", "unsupported tensor type Q2_K (id 10) for tensor `blk.0.q2`", "supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K"],
+        &[
+            "q2k.gguf",
+            "unsupported tensor type Q2_K (id 10) for tensor `blk.0.q2`",
+            "supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K",
+        ],
     );
-    let e = format!("{:#}", g.load_f32("blk.0.q2", &[256], &Device::Cpu).unwrap_err());
+    let e = format!(
+        "{:#}",
+        g.load_f32("blk.0.q2", &[256], &Device::Cpu).unwrap_err()
+    );
     assert_contains(&e, &["unsupported tensor type Q2_K"]);
 }
 
@@ -684,10 +914,18 @@ fn unsupported_tensor_type_is_a_clear_error() {
 
 #[test]
 fn golden_quants_match_gguf_py() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/gguf");
+    // HEADROOM_GGUF_GOLDEN_DIR: check another quants.gguf + quants_ref.safetensors pair.
+    let dir = match std::env::var_os("HEADROOM_GGUF_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/gguf"),
+    };
     let (gp, rp) = (dir.join("quants.gguf"), dir.join("quants_ref.safetensors"));
     if !gp.exists() || !rp.exists() {
-        let msg = format!("SKIPPED: {} / {} not present (generated by the golden script)", gp.display(), rp.display());
+        let msg = format!(
+            "SKIPPED: {} / {} not present (generated by the golden script)",
+            gp.display(),
+            rp.display()
+        );
         if std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1") {
             panic!("{msg}");
         }
@@ -700,14 +938,34 @@ fn golden_quants_match_gguf_py() {
     let mut checked = 0;
     let mut types = std::collections::BTreeSet::new();
     for info in g.tensor_infos() {
-        let r = st.tensor(&info.name).unwrap_or_else(|_| panic!("reference has no tensor `{}`", info.name));
+        let r = st
+            .tensor(&info.name)
+            .unwrap_or_else(|_| panic!("reference has no tensor `{}`", info.name));
         assert_eq!(r.dtype(), safetensors::Dtype::F32, "{}", info.name);
-        let want: Vec<f32> = r.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let want: Vec<f32> = r
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         let (shape, got) = g.dequantize(&info.name).unwrap();
         assert_eq!(got.len(), want.len(), "{}", info.name);
-        assert_eq!(shape.iter().product::<usize>(), r.shape().iter().product::<usize>(), "{}", info.name);
-        let max_diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(max_diff <= 1e-6, "{} ({}): max abs diff {max_diff}", info.name, info.dtype);
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            r.shape().iter().product::<usize>(),
+            "{}",
+            info.name
+        );
+        let max_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            max_diff <= 1e-6,
+            "{} ({}): max abs diff {max_diff}",
+            info.name,
+            info.dtype
+        );
         types.insert(info.dtype.name());
         checked += 1;
     }
@@ -721,7 +979,9 @@ fn golden_quants_match_gguf_py() {
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("HEADROOM_CACHE") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => dirs::cache_dir().unwrap_or_else(|| PathBuf::from(".cache")).join("headroom"),
+        _ => dirs::cache_dir()
+            .unwrap_or_else(|| PathBuf::from(".cache"))
+            .join("headroom"),
     }
 }
 
@@ -730,7 +990,10 @@ fn asset(rel: &str) -> Option<PathBuf> {
     if p.is_file() {
         return Some(p);
     }
-    let msg = format!("SKIPPED: {} is missing; run `headroom fetch` / tools/fetch-test-assets.sh", p.display());
+    let msg = format!(
+        "SKIPPED: {} is missing; run `headroom fetch` / tools/fetch-test-assets.sh",
+        p.display()
+    );
     if std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1") {
         panic!("{msg}");
     }
@@ -740,7 +1003,9 @@ fn asset(rel: &str) -> Option<PathBuf> {
 
 #[test]
 fn real_smollm2_gguf() {
-    let Some(p) = asset("models/SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let Some(p) = asset("models/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
     let t0 = std::time::Instant::now();
     let g = GgufFile::open(&p).unwrap();
     let t_open = t0.elapsed();
@@ -754,11 +1019,20 @@ fn real_smollm2_gguf() {
     assert_eq!(g.get_u64("llama.feed_forward_length").unwrap(), 1536);
     assert_eq!(g.get_f32("llama.rope.freq_base").unwrap(), 100000.0);
     assert_eq!(g.get_u64("llama.rope.dimension_count").unwrap(), 64);
-    assert_eq!(g.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap(), 1e-5);
+    assert_eq!(
+        g.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap(),
+        1e-5
+    );
     assert_eq!(g.get_str("tokenizer.ggml.model").unwrap(), "gpt2");
     assert_eq!(g.get_str("tokenizer.ggml.pre").unwrap(), "smollm");
-    assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap().len(), 49152);
-    assert_eq!(g.get_str_array("tokenizer.ggml.merges").unwrap().len(), 48900);
+    assert_eq!(
+        g.get_str_array("tokenizer.ggml.tokens").unwrap().len(),
+        49152
+    );
+    assert_eq!(
+        g.get_str_array("tokenizer.ggml.merges").unwrap().len(),
+        48900
+    );
     assert_eq!(g.get_u32("tokenizer.ggml.bos_token_id").unwrap(), 1);
     assert_eq!(g.get_u32("tokenizer.ggml.eos_token_id").unwrap(), 2);
     assert_eq!(g.get_u32("tokenizer.ggml.unknown_token_id").unwrap(), 0);
@@ -767,17 +1041,31 @@ fn real_smollm2_gguf() {
     let q = g.tensor_info("blk.0.attn_q.weight").unwrap();
     assert_eq!(q.dtype, GgmlType::Q4_1);
     assert_eq!(q.shape, vec![576, 576]);
-    assert_eq!(g.tensor_info("blk.0.attn_k.weight").unwrap().shape, vec![192, 576]);
-    assert_eq!(g.tensor_info("blk.0.ffn_down.weight").unwrap().shape, vec![576, 1536]);
+    assert_eq!(
+        g.tensor_info("blk.0.attn_k.weight").unwrap().shape,
+        vec![192, 576]
+    );
+    assert_eq!(
+        g.tensor_info("blk.0.ffn_down.weight").unwrap().shape,
+        vec![576, 1536]
+    );
     let emb = g.tensor_info("token_embd.weight").unwrap();
-    assert_eq!((emb.dtype, emb.shape.clone()), (GgmlType::Q8_0, vec![49152, 576]));
-    assert!(g.tensor_info("output.weight").is_none(), "unembedding is tied");
+    assert_eq!(
+        (emb.dtype, emb.shape.clone()),
+        (GgmlType::Q8_0, vec![49152, 576])
+    );
+    assert!(
+        g.tensor_info("output.weight").is_none(),
+        "unembedding is tied"
+    );
     let (shape, w) = g.dequantize("blk.0.attn_q.weight").unwrap();
     assert_eq!(shape, vec![576, 576]);
     assert!(w.iter().all(|v| v.is_finite()));
     let rms = (w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32).sqrt();
     assert!(rms > 1e-3 && rms < 10.0, "rms {rms}");
-    let t = g.load_f32("blk.0.attn_norm.weight", &[576], &Device::Cpu).unwrap();
+    let t = g
+        .load_f32("blk.0.attn_norm.weight", &[576], &Device::Cpu)
+        .unwrap();
     assert_eq!(t.dims(), &[576]);
 
     // everything dequantizes; count parameters

@@ -146,7 +146,11 @@ impl GgmlType {
         (n / bs).checked_mul(self.type_size())
     }
     fn supported_list() -> String {
-        Self::SUPPORTED.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+        Self::SUPPORTED
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -292,7 +296,10 @@ impl GgufArray {
             GgufArray::I16(v) => v.iter().map(|&x| x as i64).collect(),
             GgufArray::U32(v) => v.iter().map(|&x| x as i64).collect(),
             GgufArray::I32(v) => v.iter().map(|&x| x as i64).collect(),
-            GgufArray::U64(v) => v.iter().map(|&x| i64::try_from(x).ok()).collect::<Option<_>>()?,
+            GgufArray::U64(v) => v
+                .iter()
+                .map(|&x| i64::try_from(x).ok())
+                .collect::<Option<_>>()?,
             GgufArray::I64(v) => v.clone(),
             _ => return None,
         })
@@ -497,12 +504,23 @@ impl<'a> Cursor<'a> {
         let b = self.bytes(len, what)?;
         match std::str::from_utf8(b) {
             Ok(s) => Ok(s.to_string()),
-            Err(e) if strict => bail!("{}: at byte {}: {} is not valid UTF-8 ({e})", self.path, at, what),
+            Err(e) if strict => bail!(
+                "{}: at byte {}: {} is not valid UTF-8 ({e})",
+                self.path,
+                at,
+                what
+            ),
             Err(_) => Ok(String::from_utf8_lossy(b).into_owned()),
         }
     }
     /// Check that `count` items of at least `min_size` bytes each can still fit.
-    fn check_count(&self, count: u64, min_size: u64, at: usize, what: &dyn fmt::Display) -> Result<usize> {
+    fn check_count(
+        &self,
+        count: u64,
+        min_size: u64,
+        at: usize,
+        what: &dyn fmt::Display,
+    ) -> Result<usize> {
         let need = count.checked_mul(min_size);
         match need {
             Some(need) if need <= self.remaining() as u64 => Ok(count as usize),
@@ -549,7 +567,13 @@ impl<'a> Cursor<'a> {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
-            b => bail!("{}: at byte {}: {} is a bool with byte value {} (expected 0 or 1)", self.path, at, what, b),
+            b => bail!(
+                "{}: at byte {}: {} is a bool with byte value {} (expected 0 or 1)",
+                self.path,
+                at,
+                what,
+                b
+            ),
         }
     }
 
@@ -576,7 +600,12 @@ impl<'a> Cursor<'a> {
         };
         let at_n = self.pos;
         let n = self.u64(&format_args!("the length of {what}"))?;
-        let n = self.check_count(n, min, at_n, &format_args!("{what} (array of {})", value_type_name(et)))?;
+        let n = self.check_count(
+            n,
+            min,
+            at_n,
+            &format_args!("{what} (array of {})", value_type_name(et)),
+        )?;
         macro_rules! prim {
             ($v:ident, $t:ty) => {{
                 let b = self.bytes((n * std::mem::size_of::<$t>()) as u64, what)?;
@@ -589,7 +618,12 @@ impl<'a> Cursor<'a> {
         }
         Ok(match et {
             vt::U8 => GgufArray::U8(self.bytes(n as u64, what)?.to_vec()),
-            vt::I8 => GgufArray::I8(self.bytes(n as u64, what)?.iter().map(|&b| b as i8).collect()),
+            vt::I8 => GgufArray::I8(
+                self.bytes(n as u64, what)?
+                    .iter()
+                    .map(|&b| b as i8)
+                    .collect(),
+            ),
             vt::U16 => prim!(U16, u16),
             vt::I16 => prim!(I16, i16),
             vt::U32 => prim!(U32, u32),
@@ -700,14 +734,19 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
         let display = path.display().to_string();
-        let file = std::fs::File::open(path).with_context(|| format!("{display}: cannot open GGUF file"))?;
-        let len = file.metadata().with_context(|| format!("{display}: cannot stat GGUF file"))?.len();
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("{display}: cannot open GGUF file"))?;
+        let len = file
+            .metadata()
+            .with_context(|| format!("{display}: cannot stat GGUF file"))?
+            .len();
         let bytes = if len == 0 {
             Bytes::Owned(Vec::new())
         } else {
             // SAFETY: read-only map; we never hand out references that outlive `self`, and the
             // usual mmap caveat applies (the file must not be truncated while open).
-            let m = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("{display}: cannot mmap GGUF file"))?;
+            let m = unsafe { memmap2::Mmap::map(&file) }
+                .with_context(|| format!("{display}: cannot mmap GGUF file"))?;
             Bytes::Mmap(m)
         };
         Self::parse(path.to_path_buf(), bytes)
@@ -725,7 +764,11 @@ impl GgufFile {
         if buf.is_empty() {
             bail!("{p}: empty file (expected a GGUF header: magic \"GGUF\", version, counts)");
         }
-        let mut c = Cursor { buf, pos: 0, path: p };
+        let mut c = Cursor {
+            buf,
+            pos: 0,
+            path: p,
+        };
         let magic = c.arr::<4>(&"the magic")?;
         if magic != GGUF_MAGIC {
             bail!(
@@ -810,9 +853,9 @@ impl GgufFile {
                     );
                 }
             }
-            let nbytes = dtype
-                .bytes_for(numel)
-                .ok_or_else(|| anyhow!("{p}: {what}: byte size of dims {dims:?} in {dtype} overflows"))?;
+            let nbytes = dtype.bytes_for(numel).ok_or_else(|| {
+                anyhow!("{p}: {what}: byte size of dims {dims:?} in {dtype} overflows")
+            })?;
             if rel_offset % alignment != 0 {
                 bail!(
                     "{p}: {what} has data offset {rel_offset}, which is not a multiple of the alignment {alignment}"
@@ -823,11 +866,21 @@ impl GgufFile {
                 .rev()
                 .map(|&d| usize::try_from(d))
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|_| anyhow!("{p}: {what}: dims {dims:?} do not fit this platform's usize"))?;
+                .map_err(|_| {
+                    anyhow!("{p}: {what}: dims {dims:?} do not fit this platform's usize")
+                })?;
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 bail!("{p}: at byte {at}: duplicate tensor name `{name}`");
             }
-            tensors.push(GgufTensorInfo { name, dtype, dims, shape, rel_offset, offset: 0, nbytes });
+            tensors.push(GgufTensorInfo {
+                name,
+                dtype,
+                dims,
+                shape,
+                rel_offset,
+                offset: 0,
+                nbytes,
+            });
         }
 
         let end_infos = c.pos as u64;
@@ -903,7 +956,8 @@ impl GgufFile {
     }
     /// The value of `key`, or an error "FILE: missing metadata key `key`".
     pub fn require(&self, key: &str) -> Result<&GgufValue> {
-        self.get(key).ok_or_else(|| anyhow!("{}: missing metadata key `{key}`", self.display))
+        self.get(key)
+            .ok_or_else(|| anyhow!("{}: missing metadata key `{key}`", self.display))
     }
     fn wrong_type(&self, key: &str, v: &GgufValue, expected: &str) -> anyhow::Error {
         let shown = match v {
@@ -911,12 +965,16 @@ impl GgufFile {
             GgufValue::String(s) => format!("string {s:?}"),
             other => format!("{} {:?}", other.type_name(), other),
         };
-        anyhow!("{}: metadata key `{key}` is {shown}; expected {expected}", self.display)
+        anyhow!(
+            "{}: metadata key `{key}` is {shown}; expected {expected}",
+            self.display
+        )
     }
     /// Any integer width; error if missing, negative or not an integer.
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| self.wrong_type(key, v, "a non-negative integer"))
+        v.as_u64()
+            .ok_or_else(|| self.wrong_type(key, v, "a non-negative integer"))
     }
     pub fn get_u32(&self, key: &str) -> Result<u32> {
         let v = self.require(key)?;
@@ -932,7 +990,8 @@ impl GgufFile {
     }
     pub fn get_i64(&self, key: &str) -> Result<i64> {
         let v = self.require(key)?;
-        v.as_i64().ok_or_else(|| self.wrong_type(key, v, "an integer"))
+        v.as_i64()
+            .ok_or_else(|| self.wrong_type(key, v, "an integer"))
     }
     /// f32 or f64.
     pub fn get_f32(&self, key: &str) -> Result<f32> {
@@ -949,11 +1008,13 @@ impl GgufFile {
     }
     pub fn get_str(&self, key: &str) -> Result<&str> {
         let v = self.require(key)?;
-        v.as_str().ok_or_else(|| self.wrong_type(key, v, "a string"))
+        v.as_str()
+            .ok_or_else(|| self.wrong_type(key, v, "a string"))
     }
     pub fn get_array(&self, key: &str) -> Result<&GgufArray> {
         let v = self.require(key)?;
-        v.as_array().ok_or_else(|| self.wrong_type(key, v, "an array"))
+        v.as_array()
+            .ok_or_else(|| self.wrong_type(key, v, "an array"))
     }
     pub fn get_str_array(&self, key: &str) -> Result<&[String]> {
         let v = self.require(key)?;
@@ -990,8 +1051,13 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
     fn info_or_err(&self, name: &str) -> Result<&GgufTensorInfo> {
-        self.tensor_info(name)
-            .ok_or_else(|| anyhow!("{}: no tensor named `{name}` ({} tensors in file)", self.display, self.tensors.len()))
+        self.tensor_info(name).ok_or_else(|| {
+            anyhow!(
+                "{}: no tensor named `{name}` ({} tensors in file)",
+                self.display,
+                self.tensors.len()
+            )
+        })
     }
     /// The raw (still quantized) bytes of a tensor.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
@@ -1062,7 +1128,10 @@ pub fn dequantize_bytes(dtype: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f
         .bytes_for(n as u64)
         .ok_or_else(|| anyhow!("{n} elements is not a whole number of {dtype} blocks"))?;
     if need != bytes.len() as u64 {
-        bail!("{n} elements of {dtype} need {need} bytes, got {}", bytes.len());
+        bail!(
+            "{n} elements of {dtype} need {need} bytes, got {}",
+            bytes.len()
+        );
     }
     let mut y = vec![0f32; n];
     let ts = dtype.type_size() as usize;
@@ -1216,7 +1285,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -1229,13 +1301,22 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 pub fn quantize_bytes(dtype: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     let bs = dtype.block_size() as usize;
     if bs == 0 || x.len() % bs != 0 {
-        bail!("{} values is not a whole number of {dtype} blocks of {bs}", x.len());
+        bail!(
+            "{} values is not a whole number of {dtype} blocks of {bs}",
+            x.len()
+        );
     }
     let mut out = Vec::with_capacity(x.len() / bs * dtype.type_size() as usize);
     match dtype {
-        GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        GgmlType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-        GgmlType::BF16 => x.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+        GgmlType::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlType::BF16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
         GgmlType::Q8_0 => {
             for blk in x.chunks_exact(32) {
                 let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -1286,7 +1367,9 @@ pub fn quantize_bytes(dtype: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
                 }
             }
         }
-        other => bail!("cannot quantize to {other}; the writer supports F32, F16, BF16, Q8_0, Q4_0, Q4_1"),
+        other => bail!(
+            "cannot quantize to {other}; the writer supports F32, F16, BF16, Q8_0, Q4_0, Q4_1"
+        ),
     }
     Ok(out)
 }
@@ -1344,7 +1427,10 @@ impl GgufWriter {
         self.add(key, v)
     }
     pub fn add_str_array<S: AsRef<str>>(&mut self, key: &str, v: &[S]) -> &mut Self {
-        self.add(key, GgufArray::String(v.iter().map(|s| s.as_ref().to_string()).collect()))
+        self.add(
+            key,
+            GgufArray::String(v.iter().map(|s| s.as_ref().to_string()).collect()),
+        )
     }
     pub fn add_i32_array(&mut self, key: &str, v: &[i32]) -> &mut Self {
         self.add(key, v.to_vec())
@@ -1358,14 +1444,26 @@ impl GgufWriter {
 
     /// Add a tensor from f32 `data` of row-major `shape`, stored as `dtype` (F32, F16, BF16,
     /// Q8_0, Q4_0, Q4_1; quantized with ggml's reference quantizers).
-    pub fn add_tensor(&mut self, name: &str, shape: &[usize], data: &[f32], dtype: GgmlType) -> Result<&mut Self> {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        data: &[f32],
+        dtype: GgmlType,
+    ) -> Result<&mut Self> {
         let numel: usize = shape.iter().product();
         if numel != data.len() {
-            bail!("tensor `{name}`: shape {shape:?} has {numel} elements but {} values were given", data.len());
+            bail!(
+                "tensor `{name}`: shape {shape:?} has {numel} elements but {} values were given",
+                data.len()
+            );
         }
         let row = shape.last().copied().unwrap_or(1);
         if row % dtype.block_size().max(1) as usize != 0 {
-            bail!("tensor `{name}`: row length {row} is not a multiple of the {dtype} block size {}", dtype.block_size());
+            bail!(
+                "tensor `{name}`: row length {row} is not a multiple of the {dtype} block size {}",
+                dtype.block_size()
+            );
         }
         let bytes = quantize_bytes(dtype, data).with_context(|| format!("tensor `{name}`"))?;
         let dims = shape.iter().rev().map(|&d| d as u64).collect();
@@ -1374,7 +1472,13 @@ impl GgufWriter {
 
     /// Add a tensor whose bytes are already encoded; `shape` is row-major. No checks beyond the
     /// byte count (so tests can write types this module cannot decode).
-    pub fn add_tensor_raw(&mut self, name: &str, shape: &[usize], dtype: GgmlType, bytes: Vec<u8>) -> Result<&mut Self> {
+    pub fn add_tensor_raw(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        dtype: GgmlType,
+        bytes: Vec<u8>,
+    ) -> Result<&mut Self> {
         let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
         let numel = dims.iter().product::<u64>();
         match dtype.bytes_for(numel) {
@@ -1387,14 +1491,28 @@ impl GgufWriter {
         self.push_tensor(name, dims, dtype, bytes)
     }
 
-    fn push_tensor(&mut self, name: &str, dims: Vec<u64>, dtype: GgmlType, data: Vec<u8>) -> Result<&mut Self> {
+    fn push_tensor(
+        &mut self,
+        name: &str,
+        dims: Vec<u64>,
+        dtype: GgmlType,
+        data: Vec<u8>,
+    ) -> Result<&mut Self> {
         if self.tensors.iter().any(|t| t.name == name) {
             bail!("tensor `{name}` added twice");
         }
         if dims.len() > MAX_DIMS {
-            bail!("tensor `{name}`: {} dims, GGUF allows at most {MAX_DIMS}", dims.len());
+            bail!(
+                "tensor `{name}`: {} dims, GGUF allows at most {MAX_DIMS}",
+                dims.len()
+            );
         }
-        self.tensors.push(PendingTensor { name: name.to_string(), dims, dtype, data });
+        self.tensors.push(PendingTensor {
+            name: name.to_string(),
+            dims,
+            dtype,
+            data,
+        });
         Ok(self)
     }
 
@@ -1451,7 +1569,8 @@ impl GgufWriter {
         let bytes = self.to_bytes()?;
         let tmp = path.with_extension("gguf.tmp");
         std::fs::write(&tmp, &bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("{}: cannot rename into place", path.display()))?;
         Ok(())
     }
 }
