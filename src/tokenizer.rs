@@ -1,1 +1,469 @@
-//! (placeholder: being written)
+//! Tokenizers: a thin layer over the `tokenizers` crate that also keeps what the analyses need
+//! and the crate does not expose: the BPE merges in rank order, and bos/eos ids.
+//!
+//! Three sources:
+//! - `tokenizer.json` ([`Tokenizer::from_file`]);
+//! - GPT-2/OPT-style `vocab.json` + `merges.txt` ([`Tokenizer::from_vocab_merges`]): byte-level
+//!   BPE with the GPT-2 regex, as `GPT2TokenizerFast` builds it;
+//! - GGUF metadata with `tokenizer.ggml.model == "gpt2"` ([`Tokenizer::from_gguf`]), with the
+//!   pre-tokenizer chosen by `tokenizer.ggml.pre` the way llama.cpp does (its regexes are the
+//!   ones in the models' own tokenizer.json files).
+//!
+//! `encode` never adds special tokens (the evaluation adds none); special tokens written in the
+//! text are still matched as single tokens.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::unicode::NFC;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use crate::formats::gguf::GgufFile;
+
+/// Llama-3's pre-tokenizer regex (tokenizer.json of Meta-Llama-3; llama.cpp `llama-bpe`).
+pub const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's pre-tokenizer regex (tokenizer.json of Qwen2; llama.cpp `qwen2`): digits one by one.
+pub const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Values of `tokenizer.ggml.pre` that [`Tokenizer::from_gguf`] understands.
+pub const SUPPORTED_GGUF_PRE: &[&str] =
+    &["default", "gpt2", "smollm", "llama-bpe", "llama3", "qwen2"];
+
+/// Special tokens recognised by name in vocab.json-based tokenizers.
+const KNOWN_SPECIALS: &[&str] = &["<|endoftext|>", "</s>", "<s>", "<pad>", "<unk>"];
+
+/// GGUF `tokenizer.ggml.token_type` values (llama.cpp `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    merges: Vec<(String, String)>,
+    merge_ids: Vec<u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+    add_bos: bool,
+    origin: String,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("origin", &self.origin)
+            .field("vocab_size", &self.vocab_size())
+            .field("merges", &self.merges.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+fn tk_err(e: tokenizers::Error) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+fn byte_level_gpt2() -> ByteLevel {
+    // GPT-2: no prefix space, GPT-2 regex, offsets trimmed (as GPT2TokenizerFast).
+    ByteLevel::new(false, true, true)
+}
+
+impl Tokenizer {
+    // ----- constructors -----
+
+    /// Load a HF `tokenizer.json`. Merges come from its BPE model (empty for non-BPE models).
+    /// bos/eos come from a `tokenizer_config.json` next to it if there is one, else from the
+    /// usual special-token names in the vocabulary.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        let path = path.as_ref();
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{p}: cannot read tokenizer.json"))?;
+        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
+            .map_err(|e| anyhow!("{p}: cannot load tokenizer: {e}"))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{p}: not valid JSON"))?;
+        let merges = match json.pointer("/model/merges") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    parse_json_merge(m).ok_or_else(|| {
+                        anyhow!("{p}: model.merges[{i}] is {m}; expected \"a b\" or [\"a\", \"b\"]")
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Some(other) => bail!(
+                "{p}: model.merges is {}; expected an array",
+                short_json(other)
+            ),
+        };
+        let mut tok = Tokenizer::assemble(inner, merges, p.clone())?;
+        let cfg = path.with_file_name("tokenizer_config.json");
+        let (mut bos, mut eos) = (None, None);
+        if cfg.is_file() {
+            let c: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&cfg)
+                    .with_context(|| format!("{}: cannot read", cfg.display()))?,
+            )
+            .with_context(|| format!("{}: not valid JSON", cfg.display()))?;
+            bos = config_token(&c, "bos_token").and_then(|t| tok.token_to_id(&t));
+            eos = config_token(&c, "eos_token").and_then(|t| tok.token_to_id(&t));
+            tok.unk = config_token(&c, "unk_token").and_then(|t| tok.token_to_id(&t));
+            tok.pad = config_token(&c, "pad_token").and_then(|t| tok.token_to_id(&t));
+        }
+        tok.bos = bos.or_else(|| tok.first_present(&["<|begin_of_text|>", "<s>", "<|endoftext|>"]));
+        tok.eos = eos.or_else(|| tok.first_present(&["<|end_of_text|>", "</s>", "<|endoftext|>"]));
+        Ok(tok)
+    }
+
+    /// GPT-2/OPT-style folder files: `vocab.json` (token -> id) and `merges.txt` (one "a b" per
+    /// line, optional `#version` header). Byte-level BPE, GPT-2 regex, no prefix space.
+    /// `<|endoftext|>`, `</s>`, `<s>`, `<pad>`, `<unk>` present in the vocabulary become special
+    /// tokens; bos/eos = `<|endoftext|>` (GPT-2) or `<s>`/`</s>` (OPT: both `</s>`, see
+    /// [`Tokenizer::set_bos_eos`] to override).
+    pub fn from_vocab_merges(
+        vocab_json: impl AsRef<Path>,
+        merges_txt: impl AsRef<Path>,
+    ) -> Result<Tokenizer> {
+        let (vp, mp) = (vocab_json.as_ref(), merges_txt.as_ref());
+        let vs = vp.display().to_string();
+        let ms = mp.display().to_string();
+        let vocab: HashMap<String, u32> = serde_json::from_str(
+            &std::fs::read_to_string(vp)
+                .with_context(|| format!("{vs}: cannot read vocab.json"))?,
+        )
+        .with_context(|| format!("{vs}: expected a JSON object of token -> id"))?;
+        let text =
+            std::fs::read_to_string(mp).with_context(|| format!("{ms}: cannot read merges.txt"))?;
+        let mut merges = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if (i == 0 && line.starts_with("#version")) || line.trim().is_empty() {
+                continue;
+            }
+            let (a, b) = line
+                .split_once(' ')
+                .ok_or_else(|| anyhow!("{ms}: line {}: {line:?} is not \"a b\"", i + 1))?;
+            merges.push((a.to_string(), b.to_string()));
+        }
+        let origin = format!("{vs} + {ms}");
+        let bpe = build_bpe(&vocab, &merges, false).with_context(|| origin.clone())?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(byte_level_gpt2()));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let specials: Vec<AddedToken> = KNOWN_SPECIALS
+            .iter()
+            .filter(|s| vocab.contains_key(**s))
+            .map(|s| AddedToken::from(*s, true))
+            .collect();
+        inner.add_special_tokens(&specials);
+        let mut tok = Tokenizer::assemble(inner, merges, origin)?;
+        if let Some(id) = tok.token_to_id("<|endoftext|>") {
+            tok.bos = Some(id);
+            tok.eos = Some(id);
+        } else {
+            // OPT: bos_token = eos_token = "</s>" in its tokenizer_config.json.
+            tok.eos = tok.token_to_id("</s>");
+            tok.bos = tok.eos.or_else(|| tok.token_to_id("<s>"));
+        }
+        tok.unk = tok.token_to_id("<unk>");
+        tok.pad = tok.token_to_id("<pad>");
+        Ok(tok)
+    }
+
+    /// Build from GGUF metadata (`tokenizer.ggml.*`), for `tokenizer.ggml.model == "gpt2"`.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
+        let p = gguf.path().display().to_string();
+        let model = gguf.get_str("tokenizer.ggml.model")?;
+        match model {
+            "gpt2" => {}
+            "llama" => bail!(
+                "{p}: tokenizer.ggml.model = \"llama\" (SentencePiece) is not supported yet; pass a tokenizer.json for this model"
+            ),
+            other => bail!("{p}: tokenizer.ggml.model = {other:?} is not supported; supported: \"gpt2\" (byte-level BPE)"),
+        }
+        let pre = match gguf.get("tokenizer.ggml.pre") {
+            None => "default",
+            Some(_) => gguf.get_str("tokenizer.ggml.pre")?,
+        };
+        let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
+        let merges: Vec<(String, String)> = gguf
+            .get_str_array("tokenizer.ggml.merges")?
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| {
+                        anyhow!("{p}: tokenizer.ggml.merges[{i}] = {m:?} is not \"a b\"")
+                    })
+            })
+            .collect::<Result<_>>()?;
+        let types = match gguf.get("tokenizer.ggml.token_type") {
+            None => None,
+            Some(_) => {
+                let t = gguf.get_i64_array("tokenizer.ggml.token_type")?;
+                if t.len() != tokens.len() {
+                    bail!(
+                        "{p}: tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {}",
+                        t.len(),
+                        tokens.len()
+                    );
+                }
+                Some(t)
+            }
+        };
+        if tokens.len() > u32::MAX as usize {
+            bail!("{p}: {} tokens do not fit u32 ids", tokens.len());
+        }
+        let mut vocab: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.entry(t.clone()).or_insert(i as u32);
+        }
+        let (pre_tok, nfc, ignore_merges): (PreTokenizerWrapper, bool, bool) = match pre {
+            "default" | "gpt2" => (byte_level_gpt2().into(), false, false),
+            "smollm" => (
+                Sequence::new(vec![Digits::new(true).into(), byte_level_gpt2().into()]).into(),
+                false,
+                false,
+            ),
+            // Llama-3 merges are ignored when a whole pre-token is in the vocabulary (HF
+            // `ignore_merges: true`, llama.cpp `ignore_merges` for LLAMA3).
+            "llama-bpe" | "llama3" => (split_then_bytes(LLAMA3_REGEX)?, false, true),
+            "qwen2" => (split_then_bytes(QWEN2_REGEX)?, true, false),
+            other => bail!(
+                "{p}: tokenizer.ggml.pre = {other:?} is not supported; supported: {}",
+                SUPPORTED_GGUF_PRE.join(", ")
+            ),
+        };
+        let bpe = build_bpe(&vocab, &merges, ignore_merges)
+            .with_context(|| format!("{p}: GGUF tokenizer"))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        if nfc {
+            inner.with_normalizer(Some(NFC));
+        }
+        inner.with_pre_tokenizer(Some(pre_tok));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        if let Some(types) = &types {
+            let added: Vec<AddedToken> = tokens
+                .iter()
+                .zip(types)
+                .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+                .map(|(tok, &t)| AddedToken::from(tok.clone(), t == TOKEN_TYPE_CONTROL))
+                .collect();
+            let (special, normal): (Vec<_>, Vec<_>) = added.into_iter().partition(|a| a.special);
+            inner.add_special_tokens(&special);
+            inner.add_tokens(&normal);
+        }
+        let mut tok = Tokenizer::assemble(inner, merges, p.clone())?;
+        let id = |key: &str| -> Result<Option<u32>> {
+            match gguf.get(key) {
+                None => Ok(None),
+                Some(_) => {
+                    let v = gguf.get_u32(key)?;
+                    if (v as usize) < tokens.len() {
+                        Ok(Some(v))
+                    } else {
+                        bail!(
+                            "{p}: {key} = {v} is outside the vocabulary of {} tokens",
+                            tokens.len()
+                        )
+                    }
+                }
+            }
+        };
+        tok.bos = id("tokenizer.ggml.bos_token_id")?;
+        tok.eos = id("tokenizer.ggml.eos_token_id")?;
+        tok.unk = id("tokenizer.ggml.unknown_token_id")?;
+        tok.pad = id("tokenizer.ggml.padding_token_id")?;
+        tok.add_bos = match gguf.get("tokenizer.ggml.add_bos_token") {
+            None => false,
+            Some(_) => gguf.get_bool("tokenizer.ggml.add_bos_token")?,
+        };
+        Ok(tok)
+    }
+
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        merges: Vec<(String, String)>,
+        origin: String,
+    ) -> Result<Tokenizer> {
+        let merge_ids = merges
+            .iter()
+            .enumerate()
+            .map(|(r, (a, b))| {
+                let m = format!("{a}{b}");
+                inner
+                    .token_to_id(&m)
+                    .ok_or_else(|| anyhow!("{origin}: merge #{r} ({a:?}, {b:?}) makes {m:?}, which is not in the vocabulary"))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        Ok(Tokenizer {
+            inner,
+            merges,
+            merge_ids,
+            bos: None,
+            eos: None,
+            unk: None,
+            pad: None,
+            add_bos: false,
+            origin,
+        })
+    }
+
+    fn first_present(&self, names: &[&str]) -> Option<u32> {
+        names.iter().find_map(|n| self.token_to_id(n))
+    }
+
+    // ----- use -----
+
+    /// Token ids of `text`, without any added special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| anyhow!("{}: cannot encode {:?}: {e}", self.origin, preview(text)))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids` (special tokens kept).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some(bad) = ids.iter().find(|&&i| self.inner.id_to_token(i).is_none()) {
+            bail!(
+                "{}: cannot decode id {bad}: outside the vocabulary of {}",
+                self.origin,
+                self.vocab_size()
+            );
+        }
+        self.inner
+            .decode(ids, false)
+            .map_err(tk_err)
+            .with_context(|| format!("{}: decode", self.origin))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
+    pub fn unk_id(&self) -> Option<u32> {
+        self.unk
+    }
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad
+    }
+    /// GGUF `tokenizer.ggml.add_bos_token` (false for other sources). Informational: `encode`
+    /// never adds it.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+    /// Override bos/eos (e.g. from a model's config.json).
+    pub fn set_bos_eos(&mut self, bos: Option<u32>, eos: Option<u32>) {
+        self.bos = bos;
+        self.eos = eos;
+    }
+    /// BPE merges in rank order: rank r merges `a` and `b` into the token `a + b`.
+    pub fn merges(&self) -> Vec<(String, String)> {
+        self.merges.clone()
+    }
+    /// For each merge (rank order), the id of the token it makes.
+    pub fn merge_token_ids(&self) -> Vec<u32> {
+        self.merge_ids.clone()
+    }
+    /// Where it was loaded from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+    /// The wrapped `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+fn split_then_bytes(regex: &str) -> Result<PreTokenizerWrapper> {
+    let split = Split::new(
+        SplitPattern::Regex(regex.to_string()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| anyhow!("bad pre-tokenizer regex: {e}"))?;
+    Ok(Sequence::new(vec![
+        split.into(),
+        ByteLevel::new(false, true, false).into(),
+    ])
+    .into())
+}
+
+fn build_bpe(
+    vocab: &HashMap<String, u32>,
+    merges: &[(String, String)],
+    ignore_merges: bool,
+) -> Result<BPE> {
+    let v: Vocab = vocab.iter().map(|(k, &i)| (k.clone(), i)).collect();
+    BPE::builder()
+        .vocab_and_merges(v, merges.to_vec())
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(|e| anyhow!("cannot build the BPE model: {e}"))
+}
+
+fn parse_json_merge(m: &serde_json::Value) -> Option<(String, String)> {
+    match m {
+        serde_json::Value::String(s) => s
+            .split_once(' ')
+            .map(|(a, b)| (a.to_string(), b.to_string())),
+        serde_json::Value::Array(p) if p.len() == 2 => {
+            Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string()))
+        }
+        _ => None,
+    }
+}
+
+fn config_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
+    match cfg.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(String::from),
+        _ => None,
+    }
+}
+
+fn short_json(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.len() > 60 {
+        format!(
+            "{}...",
+            &s[..s
+                .char_indices()
+                .take_while(|(i, _)| *i < 60)
+                .last()
+                .map_or(0, |(i, c)| i + c.len_utf8())]
+        )
+    } else {
+        s
+    }
+}
+
+fn preview(text: &str) -> String {
+    text.chars().take(40).collect()
+}
