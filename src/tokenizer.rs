@@ -78,6 +78,26 @@ fn byte_level_gpt2() -> ByteLevel {
 }
 
 impl Tokenizer {
+    /// The tokenizer that belongs to a model path: the GGUF's own metadata for a `.gguf` file;
+    /// for a Hugging Face folder its `tokenizer.json`, else `vocab.json` + `merges.txt`.
+    pub fn for_model(model: &Path) -> Result<Tokenizer> {
+        if model.is_file() {
+            return Tokenizer::from_gguf(&GgufFile::open(model)?);
+        }
+        let json = model.join("tokenizer.json");
+        if json.exists() {
+            return Tokenizer::from_file(&json);
+        }
+        let (vocab, merges) = (model.join("vocab.json"), model.join("merges.txt"));
+        if vocab.exists() && merges.exists() {
+            return Tokenizer::from_vocab_merges(&vocab, &merges);
+        }
+        anyhow::bail!(
+            "{}: no tokenizer.json, and no vocab.json + merges.txt: cannot build the model's tokenizer",
+            model.display()
+        )
+    }
+
     // ----- constructors -----
 
     /// Load a HF `tokenizer.json`. Merges come from its BPE model (empty for non-BPE models).

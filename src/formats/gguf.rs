@@ -1047,6 +1047,14 @@ impl GgufFile {
     pub fn tensor_infos(&self) -> &[GgufTensorInfo] {
         &self.tensors
     }
+    /// Storage types and how many tensors use each (for `inspect`), e.g. {"q4_1": 210, ...}.
+    pub fn dtype_summary(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for t in &self.tensors {
+            *m.entry(t.dtype.name().to_lowercase()).or_insert(0) += 1;
+        }
+        m
+    }
     pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
