@@ -3,7 +3,7 @@
 //! `cargo bench --bench forward` prints one table: tokens/s and achieved GFLOP/s for
 //!   - an OPT-125m-shaped model with random weights, batch 4 x 256;
 //!   - the default model (SmolLM2-135M-Instruct GGUF, if fetched), batch 4 x 256;
-//! and, when a Python with torch + transformers is found (`$HEADROOM_PYTHON`, else
+//! and, when a Python with torch + transformers is found (`$HEADROOM_BENCH_PYTHON`, else
 //! tools/.venv/bin/python), the same shapes through transformers and the ratio.
 //! Env: HEADROOM_BENCH_ITERS (default 3), HEADROOM_BENCH_BATCH (4), HEADROOM_BENCH_SEQ (256).
 
@@ -45,7 +45,7 @@ fn time_forward(m: &Model, b: usize, t: usize, iters: usize) -> f64 {
 }
 
 fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("HEADROOM_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+    let p = std::env::var_os("HEADROOM_BENCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/.venv/bin/python")
     });
     let ok = Command::new(&p).args(["-c", "import torch, transformers"]).output().map(|o| o.status.success()).unwrap_or(false);
