@@ -11,6 +11,79 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+/// How the tokens of a batch sit in positions, and which keys each query may see.
+#[derive(Clone, Debug)]
+pub enum Layout {
+    /// Every row is one sequence at positions 0..T, causal (plus the model's sliding window).
+    Causal,
+    /// Explicit positions `[B, T]` (u32) and an additive attention bias `[B, 1, T, T]`
+    /// (0 = visible, -inf = hidden), e.g. one shared prefix with a branch per answer option
+    /// ([`Layout::tree`]). The bias already includes any sliding window.
+    Custom { positions: Tensor, bias: Tensor, max_position: usize },
+}
+
+/// One row of a tree layout: a shared prefix followed by branches that each see the prefix and
+/// themselves, never each other. Branch k's tokens sit at positions `prefix..prefix + len_k`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeRow {
+    pub prefix: usize,
+    pub branches: Vec<usize>,
+}
+
+impl TreeRow {
+    pub fn len(&self) -> usize {
+        self.prefix + self.branches.iter().sum::<usize>()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Per token: (position, branch index or None for the prefix).
+    fn tokens(&self) -> Vec<(usize, Option<usize>)> {
+        let mut v: Vec<(usize, Option<usize>)> = (0..self.prefix).map(|p| (p, None)).collect();
+        for (k, &n) in self.branches.iter().enumerate() {
+            v.extend((0..n).map(|j| (self.prefix + j, Some(k))));
+        }
+        v
+    }
+}
+
+impl Layout {
+    /// A batch of tree rows padded to `t` tokens. Query i sees key j when j <= i (in row order),
+    /// j is in the prefix or in i's own branch, and (with a window w) pos_i - pos_j < w.
+    /// Padding tokens sit at position 0 and see only themselves (so no softmax row is empty).
+    pub fn tree(rows: &[TreeRow], t: usize, window: Option<usize>, device: &Device) -> Result<Self> {
+        let b = rows.len();
+        let mut pos = vec![0u32; b * t];
+        let mut bias = vec![f32::NEG_INFINITY; b * t * t];
+        let mut max_position = 0;
+        for (r, row) in rows.iter().enumerate() {
+            let toks = row.tokens();
+            if toks.len() > t {
+                bail!("tree row of {} tokens does not fit in {t}", toks.len());
+            }
+            for (i, &(pi, bi)) in toks.iter().enumerate() {
+                pos[r * t + i] = pi as u32;
+                max_position = max_position.max(pi + 1);
+                for (j, &(pj, bj)) in toks.iter().enumerate().take(i + 1) {
+                    let same_tree = bj.is_none() || bj == bi;
+                    let in_window = window.is_none_or(|w| pi - pj < w);
+                    if same_tree && in_window {
+                        bias[(r * t + i) * t + j] = 0.0;
+                    }
+                }
+            }
+            for i in toks.len()..t {
+                bias[(r * t + i) * t + i] = 0.0;
+            }
+        }
+        Ok(Layout::Custom {
+            positions: Tensor::from_vec(pos, (b, t), device)?,
+            bias: Tensor::from_vec(bias, (b, 1, t, t), device)?,
+            max_position,
+        })
+    }
+}
+
 /// `y = x W^T + b`, HF `nn.Linear` layout. weight `[out, in]`, bias `[out]`.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -222,20 +295,30 @@ impl Rope {
         self.cos.dims()[0]
     }
 
-    /// x `[B, heads, T, hd]`, positions `start..start+T` -> same shape.
-    pub fn forward(&self, x: &Tensor, start: usize) -> Result<Tensor> {
-        let (_b, _h, t, hd) = x.dims4()?;
-        if start + t > self.max_positions() {
-            bail!(
-                "sequence of {} positions exceeds the model's rotary table of {}",
-                start + t,
-                self.max_positions()
-            );
-        }
+    /// x `[B, heads, T, hd]` -> same shape, rotated by each token's position in `layout`.
+    pub fn forward(&self, x: &Tensor, layout: &Layout) -> Result<Tensor> {
+        let (b, _h, t, hd) = x.dims4()?;
         let r = self.rotary_dim;
         let half = r / 2;
-        let cos = self.cos.narrow(0, start, t)?; // [T, r/2], broadcasts over [B, H, T, r/2]
-        let sin = self.sin.narrow(0, start, t)?;
+        // cos/sin: [T, r/2] (causal) or [B, 1, T, r/2] (custom); both broadcast over x's rows.
+        let (cos, sin) = match layout {
+            Layout::Causal => {
+                if t > self.max_positions() {
+                    bail!("sequence of {t} positions exceeds the model's rotary table of {}", self.max_positions());
+                }
+                (self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?)
+            }
+            Layout::Custom { positions, max_position, .. } => {
+                if *max_position > self.max_positions() {
+                    bail!("position {max_position} exceeds the model's rotary table of {}", self.max_positions());
+                }
+                let idx = positions.flatten_all()?;
+                (
+                    self.cos.index_select(&idx, 0)?.reshape((b, 1, t, half))?,
+                    self.sin.index_select(&idx, 0)?.reshape((b, 1, t, half))?,
+                )
+            }
+        };
         let x_rot = x.narrow(D::Minus1, 0, r)?;
         let rotated = match self.style {
             RopeStyle::RotateHalf => {
@@ -320,7 +403,7 @@ impl Attention {
     /// `head_gate` `[H]` multiplies each head's output o_h = A_h v_h before the output projection:
     /// 0 removes the head entirely (value bias included), the output bias stays (spec 2.3).
     /// With GQA the gate is per query head.
-    pub fn forward(&self, x: &Tensor, head_gate: Option<&Tensor>, mut capture: Option<&mut LayerCapture>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, mut capture: Option<&mut LayerCapture>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // [B, T, heads*hd] -> [B, heads, T, hd]
@@ -331,14 +414,17 @@ impl Attention {
         let mut k = split(self.k.forward(x)?, kv)?;
         let v = split(self.v.forward(x)?, kv)?;
         if let Some(rope) = &self.rope {
-            q = rope.forward(&q, 0)?;
-            k = rope.forward(&k, 0)?;
+            q = rope.forward(&q, layout)?;
+            k = rope.forward(&k, layout)?;
         }
         // GQA: query head i reads kv head i / (H/KV) (transformers' repeat_kv).
         let (k, v) = if kv == h { (k, v) } else { (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?) };
         let q = (q * self.scale)?;
         let scores = q.matmul(&k.t()?.contiguous()?)?; // [B, H, T, T]
-        let scores = scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?)?;
+        let scores = match layout {
+            Layout::Causal => scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?)?,
+            Layout::Custom { bias, .. } => scores.broadcast_add(bias)?,
+        };
         let probs = softmax_last_dim(&scores)?;
         let mut o = probs.matmul(&v)?; // [B, H, T, hd]
         if let Some(g) = head_gate {
@@ -392,7 +478,7 @@ pub struct Block {
 impl Block {
     /// x `[B, T, D]` -> `[B, T, D]`. `head_gate` `[H]` (None = all heads kept);
     /// `ffn_gate` scales the FFN branch output; exactly 0 skips the branch (norm included).
-    pub fn forward(&self, x: &Tensor, head_gate: Option<&Tensor>, ffn_gate: f32, capture: Option<&mut LayerCapture>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, capture: Option<&mut LayerCapture>) -> Result<Tensor> {
         let ffn = |inp: &Tensor| -> Result<Option<Tensor>> {
             if ffn_gate == 0.0 {
                 return Ok(None);
@@ -402,14 +488,14 @@ impl Block {
         };
         match self.residual {
             Residual::PreNorm => {
-                let x = (x + self.attn.forward(&self.attn_norm.forward(x)?, head_gate, capture)?)?;
+                let x = (x + self.attn.forward(&self.attn_norm.forward(x)?, layout, head_gate, capture)?)?;
                 match ffn(&self.ffn_norm.forward(&x)?)? {
                     Some(f) => Ok((x + f)?),
                     None => Ok(x),
                 }
             }
             Residual::PostNorm => {
-                let x = self.attn_norm.forward(&(x + self.attn.forward(x, head_gate, capture)?)?)?;
+                let x = self.attn_norm.forward(&(x + self.attn.forward(x, layout, head_gate, capture)?)?)?;
                 let x = match ffn(&x)? {
                     Some(f) => (x + f)?,
                     None => x,
@@ -418,7 +504,7 @@ impl Block {
             }
             Residual::Parallel => {
                 // Both branches read the block input x.
-                let a = self.attn.forward(&self.attn_norm.forward(x)?, head_gate, capture)?;
+                let a = self.attn.forward(&self.attn_norm.forward(x)?, layout, head_gate, capture)?;
                 let out = (x + a)?;
                 match ffn(&self.ffn_norm.forward(x)?)? {
                     Some(f) => Ok((out + f)?),
@@ -444,8 +530,8 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
-    /// ids `[B, T]` u32 -> `[B, T, D]`.
-    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+    /// ids `[B, T]` u32 -> `[B, T, D]`, learned positions taken from `layout`.
+    pub fn forward(&self, ids: &Tensor, layout: &Layout) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let e = self.tokens.embedding(&ids.flatten_all()?)?; // [B*T, E]
         let e = match &self.project_in {
@@ -454,17 +540,22 @@ impl Embeddings {
         };
         let d = e.dim(1)?;
         let e = e.reshape((b, t, d))?;
-        match &self.positions {
-            Some((table, offset)) => {
-                if t + offset > table.dims()[0] {
-                    bail!(
-                        "sequence of {t} tokens exceeds the model's {} learned positions",
-                        table.dims()[0] - offset
-                    );
+        let Some((table, offset)) = &self.positions else { return Ok(e) };
+        let available = table.dims()[0] - offset;
+        match layout {
+            Layout::Causal => {
+                if t > available {
+                    bail!("sequence of {t} tokens exceeds the model's {available} learned positions");
                 }
                 Ok(e.broadcast_add(&table.narrow(0, *offset, t)?)?)
             }
-            None => Ok(e),
+            Layout::Custom { positions, max_position, .. } => {
+                if *max_position > available {
+                    bail!("position {max_position} exceeds the model's {available} learned positions");
+                }
+                let rows = (positions.flatten_all()? + *offset as f64)?.to_dtype(DType::U32)?;
+                Ok((e + table.index_select(&rows, 0)?.reshape((b, t, d))?)?)
+            }
         }
     }
     pub fn vocab_size(&self) -> usize {

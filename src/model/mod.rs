@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-pub use blocks::{Activation, Block, Embeddings, LayerCapture, LmHead, NormKind, Residual, RopeStyle};
+pub use blocks::{Activation, Block, Embeddings, LayerCapture, Layout, LmHead, NormKind, Residual, RopeStyle, TreeRow};
 pub use mask::Mask;
 
 use crate::formats::gguf::GgufFile;
@@ -153,11 +153,17 @@ impl Model {
     }
 
     /// ids `[B, T]` -> residual stream after the last block `[B, T, D]` (before the final norm).
-    pub fn forward_hidden(&self, ids: &Tensor, mask: Option<&Mask>, mut capture: Option<&mut Capture>) -> Result<Tensor> {
+    pub fn forward_hidden(&self, ids: &Tensor, mask: Option<&Mask>, capture: Option<&mut Capture>) -> Result<Tensor> {
+        self.forward_hidden_with(ids, &Layout::Causal, mask, capture)
+    }
+
+    /// [`Model::forward_hidden`] with explicit positions and visibility (e.g. a shared context
+    /// with one branch per answer option, [`Layout::tree`]).
+    pub fn forward_hidden_with(&self, ids: &Tensor, layout: &Layout, mask: Option<&Mask>, mut capture: Option<&mut Capture>) -> Result<Tensor> {
         if let Some(m) = mask {
             m.validate(self.n_layers(), self.n_heads())?;
         }
-        let mut x = self.embed.forward(ids)?;
+        let mut x = self.embed.forward(ids, layout)?;
         for (l, block) in self.blocks.iter().enumerate() {
             let head_gate = match mask {
                 Some(m) if !m.layer_heads_all_kept(l) => Some(blocks::gate_tensor(&m.heads[l], &self.device)?),
@@ -165,7 +171,7 @@ impl Model {
             };
             let ffn_gate = mask.map_or(1.0, |m| m.ffns[l]);
             let cap = capture.as_deref_mut().and_then(|c| c.layers.get_mut(l));
-            x = block.forward(&x, head_gate.as_ref(), ffn_gate, cap)?;
+            x = block.forward(&x, layout, head_gate.as_ref(), ffn_gate, cap)?;
         }
         Ok(x)
     }
