@@ -1,0 +1,53 @@
+use anyhow::Result;
+use candle_core::Device;
+use clap::Args;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// A Hugging Face folder, a .gguf file, or `default` (the fetched SmolLM2-135M-Instruct).
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InspectArgs, dev: &Device) -> Result<()> {
+    let (_, m) = super::load_model(&args.model, dev)?;
+    let info = &m.info;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(info)?);
+        return Ok(());
+    }
+    let rope = info.rope.as_ref().map_or("none (learned positions)".into(), |r| {
+        format!("{:?}, {} dims, theta {}", r.style, r.rotary_dim, r.theta)
+    });
+    let dtypes = info.weight_dtypes.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", ");
+    let rows: Vec<(&str, String)> = vec![
+        ("source", info.source.clone()),
+        ("format", info.format.clone()),
+        ("family", format!("{:?}", info.family)),
+        ("architecture", info.architecture.clone()),
+        ("layers", info.n_layers.to_string()),
+        ("heads", info.n_heads.to_string()),
+        ("kv heads", info.n_kv_heads.to_string()),
+        ("head dim", info.head_dim.to_string()),
+        ("hidden", info.hidden.to_string()),
+        ("ffn", info.ffn_dim.to_string()),
+        ("vocab", info.vocab_size.to_string()),
+        ("parameters", format!("{} ({:.1}M)", info.n_params, info.n_params as f64 / 1e6)),
+        ("context length", info.context_length.to_string()),
+        ("norm", format!("{:?}", info.norm)),
+        ("activation", format!("{:?}", info.activation)),
+        ("residual", format!("{:?}", info.residual)),
+        ("rope", rope),
+        ("tied embeddings", info.tied_embeddings.to_string()),
+        ("sliding window", info.sliding_window.map_or("none".into(), |w| w.to_string())),
+        ("weight dtypes", dtypes),
+        ("compute dtype", info.compute_dtype.clone()),
+    ];
+    for (k, v) in rows {
+        println!("{k:>16}  {v}");
+    }
+    Ok(())
+}
