@@ -254,8 +254,8 @@ pub struct Rope {
     pub rotary_dim: usize,
     /// The base, for reporting (the frequencies may also carry a scaling).
     pub theta: f64,
-    cos: Tensor,
-    sin: Tensor,
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
 }
 
 impl Rope {
@@ -422,13 +422,13 @@ impl Attention {
         let q = (q * self.scale)?;
         let scores = q.matmul(&k.t()?.contiguous()?)?; // [B, H, T, T]
         let scores = match layout {
-            Layout::Causal => scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?)?,
-            Layout::Custom { bias, .. } => scores.broadcast_add(bias)?,
+            Layout::Causal => scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?.to_dtype(x.dtype())?)?,
+            Layout::Custom { bias, .. } => scores.broadcast_add(&bias.to_dtype(x.dtype())?)?,
         };
         let probs = softmax_last_dim(&scores)?;
         let mut o = probs.matmul(&v)?; // [B, H, T, hd]
         if let Some(g) = head_gate {
-            o = o.broadcast_mul(&g.reshape((1, h, 1, 1))?)?;
+            o = o.broadcast_mul(&g.to_dtype(o.dtype())?.reshape((1, h, 1, 1))?)?;
         }
         let o = o.transpose(1, 2)?.reshape((b, t, h * hd))?; // [B, T, H*hd]
         if let Some(c) = capture.as_deref_mut() {
@@ -589,7 +589,84 @@ impl LmHead {
     }
 }
 
-/// A tensor of f32 gates on `device`.
+/// A tensor of gates on `device`.
 pub fn gate_tensor(values: &[f32], device: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_slice(values, values.len(), device)?.to_dtype(DType::F32)?)
+    Ok(Tensor::from_slice(values, values.len(), device)?)
+}
+
+// ---- dtype conversion (f64 copies of a model make exact finite-difference checks possible) ----
+
+fn conv(t: &Tensor, dt: DType) -> Result<Tensor> {
+    Ok(t.to_dtype(dt)?)
+}
+fn conv_opt(t: &Option<Tensor>, dt: DType) -> Result<Option<Tensor>> {
+    t.as_ref().map(|t| conv(t, dt)).transpose()
+}
+
+impl Linear {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(Self { weight: conv(&self.weight, dt)?, bias: conv_opt(&self.bias, dt)? })
+    }
+}
+impl Norm {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(Self { kind: self.kind, weight: conv(&self.weight, dt)?, bias: conv_opt(&self.bias, dt)?, eps: self.eps })
+    }
+}
+impl Rope {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(Self { style: self.style, rotary_dim: self.rotary_dim, theta: self.theta, cos: conv(&self.cos, dt)?, sin: conv(&self.sin, dt)? })
+    }
+}
+impl Mlp {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(match self {
+            Self::Plain { fc1, fc2, act } => Self::Plain { fc1: fc1.to_dtype(dt)?, fc2: fc2.to_dtype(dt)?, act: *act },
+            Self::Gated { gate, up, down, act } => {
+                Self::Gated { gate: gate.to_dtype(dt)?, up: up.to_dtype(dt)?, down: down.to_dtype(dt)?, act: *act }
+            }
+        })
+    }
+}
+impl Attention {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(Self {
+            q: self.q.to_dtype(dt)?,
+            k: self.k.to_dtype(dt)?,
+            v: self.v.to_dtype(dt)?,
+            o: self.o.to_dtype(dt)?,
+            rope: self.rope.as_ref().map(|r| r.to_dtype(dt)).transpose()?,
+            ..self.clone()
+        })
+    }
+}
+impl Block {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(Self {
+            attn_norm: self.attn_norm.to_dtype(dt)?,
+            attn: self.attn.to_dtype(dt)?,
+            ffn_norm: self.ffn_norm.to_dtype(dt)?,
+            mlp: self.mlp.to_dtype(dt)?,
+            residual: self.residual,
+        })
+    }
+}
+impl Embeddings {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(Self {
+            tokens: conv(&self.tokens, dt)?,
+            positions: self.positions.as_ref().map(|(t, o)| conv(t, dt).map(|t| (t, *o))).transpose()?,
+            project_in: self.project_in.as_ref().map(|p| p.to_dtype(dt)).transpose()?,
+        })
+    }
+}
+impl LmHead {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(Self {
+            final_norm: self.final_norm.as_ref().map(|n| n.to_dtype(dt)).transpose()?,
+            project_out: self.project_out.as_ref().map(|p| p.to_dtype(dt)).transpose()?,
+            unembed: conv(&self.unembed, dt)?,
+            tied: self.tied,
+        })
+    }
 }

@@ -3,6 +3,7 @@
 //! A [`Model`] is the same structure for every family: embeddings, a stack of [`Block`]s, an
 //! [`LmHead`]. Family files only read their config and map their weight names onto it.
 
+pub mod backward;
 pub mod blocks;
 pub mod gpt2;
 pub mod llama;
@@ -19,6 +20,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 pub use blocks::{Activation, Block, Embeddings, LayerCapture, Layout, LmHead, NormKind, Residual, RopeStyle, TreeRow};
+pub use backward::{GateGrads, Target};
 pub use mask::Mask;
 
 use crate::formats::gguf::GgufFile;
@@ -125,6 +127,17 @@ impl Model {
 
     pub fn n_layers(&self) -> usize {
         self.blocks.len()
+    }
+
+    /// A copy computing in another dtype (f64 for finite-difference checks).
+    pub fn to_dtype(&self, dt: candle_core::DType) -> Result<Self> {
+        Ok(Self {
+            info: ModelInfo { compute_dtype: format!("{dt:?}").to_lowercase(), ..self.info.clone() },
+            embed: self.embed.to_dtype(dt)?,
+            blocks: self.blocks.iter().map(|b| b.to_dtype(dt)).collect::<Result<_>>()?,
+            head: self.head.to_dtype(dt)?,
+            device: self.device.clone(),
+        })
     }
     pub fn n_heads(&self) -> usize {
         self.info.n_heads
