@@ -4,12 +4,16 @@
 //! - [`formats`]: file formats (GGUF reader/writer, HF safetensors folders).
 //! - [`tokenizer`]: tokenizers from tokenizer.json, vocab.json + merges.txt, or GGUF metadata.
 //! - [`model`]: one shared set of transformer blocks, one file per model family, masks.
+//! - [`importance`]: gradient importance of heads and FFNs (spec 3.1).
 //! - [`assets`]: the pinned default assets (`headroom fetch`).
+//! - [`io`]: JSONL reading with line numbers, atomic writes.
 //!
 //! Every stage is a function over plain data; the binary in `src/main.rs` is a thin CLI.
 
 pub mod assets;
 pub mod formats;
+pub mod importance;
+pub mod io;
 pub mod model;
 pub mod tokenizer;
 

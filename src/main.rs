@@ -25,6 +25,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Download the pinned default assets (model; with --data, task data) into the cache.
     Fetch(cli::fetch::FetchArgs),
+    /// Score every attention head and FFN block by gradient importance on a prompt file.
+    Importance(cli::importance::ImportanceArgs),
     /// Print a model's architecture: family, layers, heads, sizes, parameters, dtypes.
     Inspect(cli::inspect::InspectArgs),
     /// Show the top-K next tokens after a prompt, with log-probabilities.
@@ -49,6 +51,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(a) => cli::demo::run(a, &dev),
         Command::Fetch(a) => cli::fetch::run(a),
+        Command::Importance(a) => cli::importance::run(a, &dev),
         Command::Inspect(a) => cli::inspect::run(a, &dev),
         Command::Next(a) => cli::next::run(a, &dev),
     }

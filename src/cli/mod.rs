@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod fetch;
+pub mod importance;
 pub mod inspect;
 pub mod next;
 
