@@ -26,6 +26,34 @@ def build(which, gguf):
     return transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32).eval()
 
 
+def attach_gates(model):
+    """Gate tensors [L, H] and [L] (requires_grad) multiplying each head's output before the
+    output projection and each FFN branch's output."""
+    cfg = model.config
+    if cfg.model_type == "opt":
+        layers = model.model.decoder.layers
+        attn_mods, ffn_mods = [l.self_attn.out_proj for l in layers], [l.fc2 for l in layers]
+    else:  # llama family
+        layers = model.model.layers
+        attn_mods, ffn_mods = [l.self_attn.o_proj for l in layers], [l.mlp for l in layers]
+    n_heads = cfg.num_attention_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    head_gate = torch.ones(len(layers), n_heads, requires_grad=True)
+    ffn_gate = torch.ones(len(layers), requires_grad=True)
+    for i, (am, fm) in enumerate(zip(attn_mods, ffn_mods)):
+        def pre(mod, args, i=i):
+            x = args[0]
+            b, t, _ = x.shape
+            return ((x.view(b, t, n_heads, hd) * head_gate[i].view(1, 1, -1, 1)).view(b, t, -1),) + tuple(args[1:])
+
+        def post(mod, args, out, i=i):
+            return out * ffn_gate[i]
+
+        am.register_forward_pre_hook(pre)
+        fm.register_forward_hook(post)
+    return head_gate, ffn_gate
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -41,12 +69,25 @@ def main():
     vocab = model.config.vocab_size
     ids = (torch.arange(a.batch * a.seq).reshape(a.batch, a.seq) * 104729 % (vocab - 1))
 
+    if a.mode == "importance":
+        head_gate, ffn_gate = attach_gates(model)
+        acc_h = torch.zeros(head_gate.shape, dtype=torch.float64)
+        acc_f = torch.zeros(ffn_gate.shape, dtype=torch.float64)
+
     def step():
         if a.mode == "forward":
             with torch.no_grad():
                 model(input_ids=ids).logits
+        elif a.mode == "importance":
+            # The method of ../shared/bench/torch_importance_baseline.py: frozen weights, gates on
+            # every head output and FFN output, LM loss over the sequence, one backward.
+            head_gate.grad = None
+            ffn_gate.grad = None
+            model(input_ids=ids, labels=ids).loss.backward()
+            acc_h.add_(head_gate.grad.double().abs())
+            acc_f.add_(ffn_gate.grad.double().abs())
         else:
-            raise SystemExit(f"mode {a.mode} not implemented yet")
+            raise SystemExit(f"unknown mode {a.mode}")
 
     step()  # warm-up
     t0 = time.perf_counter()
