@@ -7,6 +7,8 @@
 //! - [`importance`]: gradient importance of heads and FFNs (spec 3.1).
 //! - [`assets`]: the pinned default assets (`headroom fetch`).
 //! - [`io`]: JSONL reading with line numbers, atomic writes.
+//! - [`runs`]: run folders (manifest, hashed units, resume, shards, merge).
+//! - [`prune`]: rankings, cumulative masks, sweeps, FFN oracle, inflection points.
 //!
 //! Every stage is a function over plain data; the binary in `src/main.rs` is a thin CLI.
 
@@ -15,6 +17,8 @@ pub mod formats;
 pub mod importance;
 pub mod io;
 pub mod model;
+pub mod prune;
+pub mod runs;
 pub mod tokenizer;
 
 pub use anyhow::{Error, Result};

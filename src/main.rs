@@ -29,6 +29,8 @@ enum Command {
     Importance(cli::importance::ImportanceArgs),
     /// Print a model's architecture: family, layers, heads, sizes, parameters, dtypes.
     Inspect(cli::inspect::InspectArgs),
+    /// Join shard run folders (from `--shard i/N` or a Slurm job array) into one.
+    Merge(cli::merge::MergeArgs),
     /// Show the top-K next tokens after a prompt, with log-probabilities.
     Next(cli::next::NextArgs),
 }
@@ -53,6 +55,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fetch(a) => cli::fetch::run(a),
         Command::Importance(a) => cli::importance::run(a, &dev),
         Command::Inspect(a) => cli::inspect::run(a, &dev),
+        Command::Merge(a) => cli::merge::run(a),
         Command::Next(a) => cli::next::run(a, &dev),
     }
 }

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod fetch;
 pub mod importance;
 pub mod inspect;
+pub mod merge;
 pub mod next;
 
 use std::path::PathBuf;
