@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{golden_dir, Golden};
-use headroom::model::{Layout, Mask, Model, Target, TreeRow};
+use headroom::model::{Activations, Layout, Mask, Model, Target, TreeRow};
 
 const VARIANTS: [&str; 8] = ["opt_preln", "opt_postln", "gpt2", "neox", "neox_seq", "llama_gqa", "qwen2", "mistral_swa"];
 
@@ -64,7 +64,7 @@ fn check_block(variant: &str) {
     for (lname, layout) in [("causal", Layout::Causal), ("tree", tree)] {
         let gates = |g: &[f32]| Tensor::from_slice(g, h, &Device::Cpu).unwrap();
         let phi = |x: &Tensor, g: &[f32], fg: f32| dot(&block.forward(x, &layout, Some(&gates(g)), fg, None).unwrap(), &r);
-        let grads = block.backward(&x, &layout, Some(&gates(&gate_vals)), ffn_gate, &r).unwrap();
+        let grads = block.backward_recompute(&x, &layout, Some(&gates(&gate_vals)), ffn_gate, &r).unwrap();
         let eps = 1e-5;
         // Input entries: a deterministic sample of 60.
         let xv: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
@@ -218,4 +218,30 @@ fn batched_examples_give_the_same_dots_as_single_ones() {
         }
     }
     assert!((both.losses[0] - one_a.losses[0]).abs() < 1e-6 && (both.losses[1] - one_b.losses[0]).abs() < 1e-6);
+}
+
+/// Keeping activations from the forward and recomputing them give identical gradients.
+#[test]
+fn kept_and_recomputed_activations_agree() {
+    for v in ["opt_postln", "neox", "qwen2"] {
+        let m = Model::load(&golden_dir().join(v), &Device::Cpu).unwrap();
+        let g = Golden::open(&golden_dir().join(v).join("golden.safetensors"));
+        let (a, b) = (g.ids("seq2"), g.ids("seq1"));
+        let ids = m.batch_ids(&[a, b]).unwrap();
+        let targets = [Target { row: 0, start: 10, len: 9 }, Target { row: 1, start: 5, len: 6 }];
+        let mut mask = m.full_mask();
+        mask.heads[1][2] = 0.0;
+        mask.ffns[0] = 0.0;
+        let keep = m.gate_gradients_with(&ids, &Layout::Causal, Some(&mask), &targets, Activations::Keep).unwrap();
+        let re = m.gate_gradients_with(&ids, &Layout::Causal, Some(&mask), &targets, Activations::Recompute).unwrap();
+        assert_eq!(keep.losses, re.losses);
+        for l in 0..m.n_layers() {
+            let (x, y): (Vec<f32>, Vec<f32>) = (keep.head_dot[l].flatten_all().unwrap().to_vec1().unwrap(), re.head_dot[l].flatten_all().unwrap().to_vec1().unwrap());
+            assert_eq!(x, y, "{v} layer {l}");
+            let (x, y): (Vec<f32>, Vec<f32>) = (keep.ffn_dot[l].flatten_all().unwrap().to_vec1().unwrap(), re.ffn_dot[l].flatten_all().unwrap().to_vec1().unwrap());
+            assert_eq!(x, y, "{v} layer {l}");
+        }
+        // A removed FFN still has a (nonzero) gate gradient.
+        assert!(keep.ffn_dot[0].abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    }
 }

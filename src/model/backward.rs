@@ -15,7 +15,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 
-use super::blocks::{Activation, Attention, Block, Layout, Linear, LmHead, Mlp, Norm, NormKind, Residual, Rope};
+use super::blocks::{Activation, Attention, AttnActs, Block, Layout, Linear, LmHead, Mlp, MlpActs, Norm, NormKind, Residual, Rope};
 use super::{Mask, Model};
 
 impl Linear {
@@ -94,22 +94,20 @@ impl Activation {
 }
 
 impl Mlp {
-    /// Backward of the FFN branch (no norm): dx from dy, both `[B, T, D]`.
-    pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    /// Backward of the FFN branch (no norm) from its forward's activations: dy -> dx `[B, T, D]`.
+    pub fn backward(&self, acts: &MlpActs, dy: &Tensor) -> Result<Tensor> {
         match self {
-            // y = fc2(act(fc1 x))
+            // y = fc2(act(h)), h = fc1 x
             Self::Plain { fc1, fc2, act } => {
-                let h = fc1.forward(x)?;
                 let da = fc2.backward(dy)?;
-                fc1.backward(&act.backward(&h, &da)?)
+                fc1.backward(&act.backward(&acts.h, &da)?)
             }
-            // y = down(act(gate x) * up x)
+            // y = down(act(g) * u), g = gate x, u = up x
             Self::Gated { gate, up, down, act } => {
-                let g = gate.forward(x)?;
-                let u = up.forward(x)?;
+                let u = acts.u.as_ref().ok_or_else(|| anyhow::anyhow!("SwiGLU activations lack the up projection"))?;
                 let da = down.backward(dy)?;
-                let dg = act.backward(&g, &(&da * &u)?)?;
-                let du = (act.forward(&g)? * &da)?;
+                let dg = act.backward(&acts.h, &(&da * u)?)?;
+                let du = (act.forward(&acts.h)? * &da)?;
                 Ok((gate.backward(&dg)? + up.backward(&du)?)?)
             }
         }
@@ -133,63 +131,36 @@ fn sum_groups(x: &Tensor, n_rep: usize) -> Result<Tensor> {
     Ok(x.reshape((b, h / n_rep, n_rep, t, hd))?.sum(2)?)
 }
 
-fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, t, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.expand((b, kv, n_rep, t, hd))?.reshape((b, kv * n_rep, t, hd))?)
-}
-
 impl Attention {
-    /// Recomputes the forward from x `[B, T, D]` and returns (dx `[B, T, D]`, head dots
-    /// `[B, H, T]`) for the upstream gradient dy `[B, T, D]` of the attention output.
-    pub fn backward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, t, _) = x.dims3()?;
+    /// From the forward's activations and the upstream gradient dy `[B, T, D]` of the attention
+    /// output: (dx `[B, T, D]`, head dots `[B, H, T]`).
+    pub fn backward(&self, a: &AttnActs, layout: &Layout, head_gate: Option<&Tensor>, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = a.x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kv;
         let split = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
         let merge = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.transpose(1, 2)?.reshape((b, t, n * hd))?) };
-        // ---- forward, keeping what the backward reads ----
-        let mut q = split(self.q.forward(x)?, h)?; // q = x Wq + bq          [B, H, T, hd]
-        let mut k = split(self.k.forward(x)?, kv)?; // k = x Wk + bk         [B, KV, T, hd]
-        let v = split(self.v.forward(x)?, kv)?; //     v = x Wv + bv         [B, KV, T, hd]
-        if let Some(rope) = &self.rope {
-            q = rope.forward(&q, layout)?; //           q = rope(q)
-            k = rope.forward(&k, layout)?; //           k = rope(k)
-        }
-        let ke = repeat_kv(&k, rep)?; //                 GQA: query head i reads kv head i / rep
-        let ve = repeat_kv(&v, rep)?;
-        let qs = (&q * self.scale)?;
-        let scores = qs.matmul(&ke.t()?)?; //            S = q k^T * scale + bias   [B, H, T, T]
-        let scores = match layout {
-            Layout::Causal => scores.broadcast_add(&super::blocks::causal_mask(t, self.sliding_window, x.device())?.to_dtype(x.dtype())?)?,
-            Layout::Custom { bias, .. } => scores.broadcast_add(&bias.to_dtype(x.dtype())?)?,
-        };
-        let probs = super::blocks::softmax_last_dim(&scores)?; // A = softmax(S)
-        let o = probs.matmul(&ve)?; //                   o = A v                [B, H, T, hd]
-        // ---- backward ----
         // out = concat_h(g_h o_h) Wo + bo  =>  d(g o) = dy Wo
         let d_go = split(self.o.backward(dy)?, h)?; //   [B, H, T, hd]
-        let head_dot = (&o * &d_go)?.sum(D::Minus1)?; // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]
+        let head_dot = (&a.o * &d_go)?.sum(D::Minus1)?; // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]
         let d_o = match head_gate {
-            Some(g) => d_go.broadcast_mul(&g.to_dtype(x.dtype())?.reshape((1, h, 1, 1))?)?,
+            Some(g) => d_go.broadcast_mul(&g.to_dtype(d_go.dtype())?.reshape((1, h, 1, 1))?)?,
             None => d_go,
         };
         // o = A v  =>  dA = do v^T,  dv = A^T do
-        let d_probs = d_o.matmul(&ve.t()?)?;
-        let d_ve = probs.t()?.matmul(&d_o)?;
+        let d_probs = d_o.matmul(&a.ve.t()?)?;
+        let d_ve = a.probs.t()?.matmul(&d_o)?;
         // A = softmax(S)  =>  dS = A * (dA - rowsum(dA * A))   (masked entries have A = 0)
-        let row = (&d_probs * &probs)?.sum_keepdim(D::Minus1)?;
-        let d_scores = (&probs * d_probs.broadcast_sub(&row)?)?;
+        let row = (&d_probs * &a.probs)?.sum_keepdim(D::Minus1)?;
+        let d_scores = (&a.probs * d_probs.broadcast_sub(&row)?)?;
         // S = (q scale) k^T  =>  dq = dS k scale,  dk = dS^T (q scale)
-        let d_q = (d_scores.matmul(&ke)? * self.scale)?;
-        let d_ke = d_scores.t()?.matmul(&qs)?;
+        let mut d_q = (d_scores.matmul(&a.ke)? * self.scale)?;
+        let d_ke = d_scores.t()?.matmul(&a.qs)?;
+        // GQA: a kv head's gradient sums over the query heads that read it.
         let mut d_k = sum_groups(&d_ke, rep)?;
         let d_v = sum_groups(&d_ve, rep)?;
-        let mut d_q = d_q;
         if let Some(rope) = &self.rope {
-            d_q = rope.backward(&d_q, layout)?;
+            d_q = rope.backward(&d_q, layout)?; // q = rope(q)
             d_k = rope.backward(&d_k, layout)?;
         }
         // q, k, v = x W + b  =>  dx = dq Wq + dk Wk + dv Wv
@@ -208,49 +179,92 @@ pub struct BlockGrads {
     pub ffn_dot: Tensor,
 }
 
+/// What a block's backward reads from its forward.
+pub struct BlockActs {
+    /// The block input `[B, T, D]`.
+    pub x: Tensor,
+    pub attn: AttnActs,
+    pub mlp: MlpActs,
+    /// The FFN branch output before its gate `[B, T, D]`.
+    pub f: Tensor,
+    /// PreNorm: x1 = x + attn (the FFN norm's input). PostNorm: z1 = x + attn (the attention
+    /// norm's input). Parallel: unused (the block input).
+    pub mid: Tensor,
+    /// PostNorm only: z2 = y1 + g f (the FFN norm's input).
+    pub z2: Option<Tensor>,
+}
+
 impl Block {
-    /// Recomputes the block forward from its input x `[B, T, D]` and back-propagates the
-    /// gradient dy of its output.
-    pub fn backward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, dy: &Tensor) -> Result<BlockGrads> {
+    /// The block forward keeping what its backward reads. Unlike [`Block::forward`], a removed
+    /// FFN (gate 0) is still computed: its gate gradient is defined and wanted.
+    pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32) -> Result<(Tensor, BlockActs)> {
         let g = ffn_gate as f64;
-        match self.residual {
+        Ok(match self.residual {
             Residual::PreNorm => {
                 // x1 = x + attn(n1 x);  y = x1 + g mlp(n2 x1)
-                let n1 = self.attn_norm.forward(x)?;
-                let x1 = (x + self.attn.forward(&n1, layout, head_gate, None)?)?;
-                let n2 = self.ffn_norm.forward(&x1)?;
-                let f = self.mlp.forward(&n2)?;
-                let ffn_dot = (&f * dy)?.sum(D::Minus1)?;
-                let dx1 = (dy + self.ffn_norm.backward(&x1, &self.mlp.backward(&n2, &(dy * g)?)?)?)?;
-                let (dn1, head_dot) = self.attn.backward(&n1, layout, head_gate, &dx1)?;
+                let (a, attn) = self.attn.forward_acts(&self.attn_norm.forward(x)?, layout, head_gate, None)?;
+                let x1 = (x + a)?;
+                let (f, mlp) = self.mlp.forward_acts(&self.ffn_norm.forward(&x1)?)?;
+                let y = (&x1 + (&f * g)?)?;
+                (y, BlockActs { x: x.clone(), attn, mlp, f, mid: x1, z2: None })
+            }
+            Residual::PostNorm => {
+                // z1 = x + attn(x); y1 = n1(z1); z2 = y1 + g mlp(y1); y = n2(z2)
+                let (a, attn) = self.attn.forward_acts(x, layout, head_gate, None)?;
+                let z1 = (x + a)?;
+                let y1 = self.attn_norm.forward(&z1)?;
+                let (f, mlp) = self.mlp.forward_acts(&y1)?;
+                let z2 = (&y1 + (&f * g)?)?;
+                let y = self.ffn_norm.forward(&z2)?;
+                (y, BlockActs { x: x.clone(), attn, mlp, f, mid: z1, z2: Some(z2) })
+            }
+            Residual::Parallel => {
+                // y = x + attn(n1 x) + g mlp(n2 x)
+                let (a, attn) = self.attn.forward_acts(&self.attn_norm.forward(x)?, layout, head_gate, None)?;
+                let (f, mlp) = self.mlp.forward_acts(&self.ffn_norm.forward(x)?)?;
+                let y = ((x + a)? + (&f * g)?)?;
+                (y, BlockActs { x: x.clone(), attn, mlp, f, mid: x.clone(), z2: None })
+            }
+        })
+    }
+
+    /// Back-propagates dy (gradient of the block output) through the block, from its forward's
+    /// activations.
+    pub fn backward(&self, acts: &BlockActs, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, dy: &Tensor) -> Result<BlockGrads> {
+        let g = ffn_gate as f64;
+        let BlockActs { x, attn, mlp, f, mid, z2 } = acts;
+        match self.residual {
+            Residual::PreNorm => {
+                let ffn_dot = (f * dy)?.sum(D::Minus1)?;
+                let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
+                let dx1 = (dy + self.ffn_norm.backward(mid, &dn2)?)?;
+                let (dn1, head_dot) = self.attn.backward(attn, layout, head_gate, &dx1)?;
                 let dx = (&dx1 + self.attn_norm.backward(x, &dn1)?)?;
                 Ok(BlockGrads { dx, head_dot, ffn_dot })
             }
             Residual::PostNorm => {
-                // z1 = x + attn(x); y1 = n1(z1); z2 = y1 + g mlp(y1); y = n2(z2)
-                let z1 = (x + self.attn.forward(x, layout, head_gate, None)?)?;
-                let y1 = self.attn_norm.forward(&z1)?;
-                let f = self.mlp.forward(&y1)?;
-                let z2 = (&y1 + (&f * g)?)?;
-                let dz2 = self.ffn_norm.backward(&z2, dy)?;
-                let ffn_dot = (&f * &dz2)?.sum(D::Minus1)?;
-                let dy1 = (&dz2 + self.mlp.backward(&y1, &(&dz2 * g)?)?)?;
-                let dz1 = self.attn_norm.backward(&z1, &dy1)?;
-                let (dxa, head_dot) = self.attn.backward(x, layout, head_gate, &dz1)?;
+                let z2 = z2.as_ref().ok_or_else(|| anyhow::anyhow!("post-norm activations lack z2"))?;
+                let dz2 = self.ffn_norm.backward(z2, dy)?;
+                let ffn_dot = (f * &dz2)?.sum(D::Minus1)?;
+                let dy1 = (&dz2 + self.mlp.backward(mlp, &(&dz2 * g)?)?)?;
+                let dz1 = self.attn_norm.backward(mid, &dy1)?;
+                let (dxa, head_dot) = self.attn.backward(attn, layout, head_gate, &dz1)?;
                 Ok(BlockGrads { dx: (dz1 + dxa)?, head_dot, ffn_dot })
             }
             Residual::Parallel => {
-                // y = x + attn(n1 x) + g mlp(n2 x)
-                let n1 = self.attn_norm.forward(x)?;
-                let n2 = self.ffn_norm.forward(x)?;
-                let f = self.mlp.forward(&n2)?;
-                let ffn_dot = (&f * dy)?.sum(D::Minus1)?;
-                let (dn1, head_dot) = self.attn.backward(&n1, layout, head_gate, dy)?;
-                let dn2 = self.mlp.backward(&n2, &(dy * g)?)?;
+                let ffn_dot = (f * dy)?.sum(D::Minus1)?;
+                let (dn1, head_dot) = self.attn.backward(attn, layout, head_gate, dy)?;
+                let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
                 let dx = ((dy + self.attn_norm.backward(x, &dn1)?)? + self.ffn_norm.backward(x, &dn2)?)?;
                 Ok(BlockGrads { dx, head_dot, ffn_dot })
             }
         }
+    }
+
+    /// Recomputes the forward from the block input and back-propagates (the memory-lean path).
+    pub fn backward_recompute(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, dy: &Tensor) -> Result<BlockGrads> {
+        let (_, acts) = self.forward_acts(x, layout, head_gate, ffn_gate)?;
+        self.backward(&acts, layout, head_gate, ffn_gate, dy)
     }
 }
 
@@ -290,16 +304,54 @@ pub struct GateGrads {
     pub losses: Vec<f64>,
 }
 
+/// Whether the gradient pass keeps every block's activations from the forward (fastest) or
+/// keeps only each block's input and recomputes its forward during the backward (memory: one
+/// block's activations; what lets models larger than memory be streamed later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    Keep,
+    Recompute,
+    /// Keep when the estimate fits `budget_bytes`, else recompute.
+    Auto { budget_bytes: usize },
+}
+
+impl Default for Activations {
+    /// 1 GiB, or $HEADROOM_ACTIVATION_BUDGET_MB.
+    fn default() -> Self {
+        let mb = std::env::var("HEADROOM_ACTIVATION_BUDGET_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1024);
+        Self::Auto { budget_bytes: mb << 20 }
+    }
+}
+
 impl Model {
+    /// Bytes of activations one block keeps for a B x T batch (f32 estimate).
+    pub fn block_activation_bytes(&self, b: usize, t: usize) -> usize {
+        let i = &self.info;
+        let bt = b * t;
+        let floats = bt * i.hidden * 4 // x, mid, f, attention input
+            + bt * i.n_heads * i.head_dim * 4 // qs, ke, ve, o
+            + b * i.n_heads * t * t // probs
+            + bt * i.ffn_dim * 2; // pre-activations (gate + up for SwiGLU)
+        floats * 4
+    }
+
     /// One forward + activation-only backward. The loss is the sum over targets of each
     /// target's mean NLL (so every example is its own loss, whatever the batch holds).
     /// Logits are computed only at the positions that predict target tokens.
     pub fn gate_gradients(&self, ids: &Tensor, layout: &Layout, mask: Option<&Mask>, targets: &[Target]) -> Result<GateGrads> {
+        self.gate_gradients_with(ids, layout, mask, targets, Activations::default())
+    }
+
+    pub fn gate_gradients_with(&self, ids: &Tensor, layout: &Layout, mask: Option<&Mask>, targets: &[Target], policy: Activations) -> Result<GateGrads> {
         let (b, t) = ids.dims2()?;
         if let Some(m) = mask {
             m.validate(self.n_layers(), self.n_heads())?;
         }
-        // Forward, saving each block's input.
+        let keep = match policy {
+            Activations::Keep => true,
+            Activations::Recompute => false,
+            Activations::Auto { budget_bytes } => self.block_activation_bytes(b, t) * self.n_layers() <= budget_bytes,
+        };
         let gates: Vec<Option<Tensor>> = (0..self.n_layers())
             .map(|l| match mask {
                 Some(m) if !m.layer_heads_all_kept(l) => super::blocks::gate_tensor(&m.heads[l], &self.device).map(Some),
@@ -307,12 +359,19 @@ impl Model {
             })
             .collect::<Result<_>>()?;
         let ffn_gate = |l: usize| mask.map_or(1.0, |m| m.ffns[l]);
-        let mut inputs = Vec::with_capacity(self.n_layers());
+        // Forward, keeping each block's activations or only its input.
+        let mut saved: Vec<Result<BlockActs, Tensor>> = Vec::with_capacity(self.n_layers());
         let mut x = self.embed.forward(ids, layout)?;
         for (l, block) in self.blocks.iter().enumerate() {
-            let next = block.forward(&x, layout, gates[l].as_ref(), ffn_gate(l), None)?;
-            inputs.push(x);
-            x = next;
+            if keep {
+                let (next, acts) = block.forward_acts(&x, layout, gates[l].as_ref(), ffn_gate(l))?;
+                saved.push(Ok(acts));
+                x = next;
+            } else {
+                let next = block.forward(&x, layout, gates[l].as_ref(), ffn_gate(l), None)?;
+                saved.push(Err(x));
+                x = next;
+            }
         }
         // Loss rows: position p predicts token p + 1.
         let ids_host: Vec<Vec<u32>> = ids.to_vec2()?;
@@ -343,7 +402,7 @@ impl Model {
             losses.push(-picked[k..k + tg.len].iter().sum::<f64>() / tg.len as f64);
             k += tg.len;
         }
-        // dL/dlogits = w (softmax - onehot)
+        // loss = -sum_i w_i log softmax(logits_i)[y_i]  =>  dlogits = w (softmax - onehot)
         let w = Tensor::from_vec(weights, (n, 1), &self.device)?.to_dtype(logits.dtype())?;
         let onehot = Tensor::zeros((n, logits.dim(1)?), logits.dtype(), &self.device)?.scatter_add(
             &labels_t.unsqueeze(1)?,
@@ -353,11 +412,15 @@ impl Model {
         let dlogits = (logp.exp()? - onehot)?.broadcast_mul(&w)?;
         let dh = self.head.backward(&h, &dlogits)?; // [N, D]
         let mut dx = Tensor::zeros((b * t, d), x.dtype(), &self.device)?.index_add(&rows_t, &dh, 0)?.reshape((b, t, d))?;
-        // Blocks in reverse.
+        // Blocks in reverse, dropping each block's activations once used.
         let mut head_dot = vec![None; self.n_layers()];
         let mut ffn_dot = vec![None; self.n_layers()];
         for l in (0..self.n_layers()).rev() {
-            let gr = self.blocks[l].backward(&inputs[l], layout, gates[l].as_ref(), ffn_gate(l), &dx)?;
+            let gr = match saved.pop() {
+                Some(Ok(acts)) => self.blocks[l].backward(&acts, layout, gates[l].as_ref(), ffn_gate(l), &dx)?,
+                Some(Err(input)) => self.blocks[l].backward_recompute(&input, layout, gates[l].as_ref(), ffn_gate(l), &dx)?,
+                None => bail!("internal: missing saved activations for layer {l}"),
+            };
             dx = gr.dx;
             head_dot[l] = Some(gr.head_dot);
             ffn_dot[l] = Some(gr.ffn_dot);

@@ -199,6 +199,14 @@ impl Activation {
     }
 }
 
+/// What the FFN backward reads: the first projection's output (the gate projection for
+/// SwiGLU) and, for SwiGLU, the up projection `[B, T, F]`.
+#[derive(Clone, Debug)]
+pub struct MlpActs {
+    pub h: Tensor,
+    pub u: Option<Tensor>,
+}
+
 /// The FFN branch without its norm: `fc2(act(fc1 x))` or SwiGLU `down(act(gate x) * up x)`.
 #[derive(Clone, Debug)]
 pub enum Mlp {
@@ -209,11 +217,24 @@ pub enum Mlp {
 impl Mlp {
     /// x `[B, T, D]` -> `[B, T, D]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_acts(x)?.0)
+    }
+
+    /// The forward, also returning the pre-activations its backward needs.
+    pub fn forward_acts(&self, x: &Tensor) -> Result<(Tensor, MlpActs)> {
         match self {
-            Self::Plain { fc1, fc2, act } => fc2.forward(&act.forward(&fc1.forward(x)?)?),
+            // y = fc2(act(fc1 x))
+            Self::Plain { fc1, fc2, act } => {
+                let h = fc1.forward(x)?;
+                let y = fc2.forward(&act.forward(&h)?)?;
+                Ok((y, MlpActs { h, u: None }))
+            }
+            // y = down(act(gate x) * up x)
             Self::Gated { gate, up, down, act } => {
-                let g = act.forward(&gate.forward(x)?)?;
-                down.forward(&(g * up.forward(x)?)?)
+                let g = gate.forward(x)?;
+                let u = up.forward(x)?;
+                let y = down.forward(&(act.forward(&g)? * &u)?)?;
+                Ok((y, MlpActs { h: g, u: Some(u) }))
             }
         }
     }
@@ -398,48 +419,71 @@ pub struct Attention {
     pub sliding_window: Option<usize>,
 }
 
+/// What the attention backward reads from its forward (kept or recomputed).
+#[derive(Clone, Debug)]
+pub struct AttnActs {
+    /// The attention input `[B, T, D]`.
+    pub x: Tensor,
+    /// Rotated, scaled queries `[B, H, T, hd]`.
+    pub qs: Tensor,
+    /// Rotated keys and values, repeated to H heads under GQA `[B, H, T, hd]`.
+    pub ke: Tensor,
+    pub ve: Tensor,
+    /// Softmax probabilities `[B, H, T, T]`.
+    pub probs: Tensor,
+    /// Head outputs before the gate `[B, H, T, hd]`.
+    pub o: Tensor,
+}
+
 impl Attention {
     /// x `[B, T, D]` -> `[B, T, D]`.
     /// `head_gate` `[H]` multiplies each head's output o_h = A_h v_h before the output projection:
     /// 0 removes the head entirely (value bias included), the output bias stays (spec 2.3).
     /// With GQA the gate is per query head.
-    pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, mut capture: Option<&mut LayerCapture>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, capture: Option<&mut LayerCapture>) -> Result<Tensor> {
+        Ok(self.forward_acts(x, layout, head_gate, capture)?.0)
+    }
+
+    /// The forward, also returning the activations its backward needs.
+    pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, mut capture: Option<&mut LayerCapture>) -> Result<(Tensor, AttnActs)> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // [B, T, heads*hd] -> [B, heads, T, hd]
         let split = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let mut q = split(self.q.forward(x)?, h)?;
-        let mut k = split(self.k.forward(x)?, kv)?;
-        let v = split(self.v.forward(x)?, kv)?;
+        let mut q = split(self.q.forward(x)?, h)?; // q = x Wq + bq
+        let mut k = split(self.k.forward(x)?, kv)?; // k = x Wk + bk
+        let v = split(self.v.forward(x)?, kv)?; // v = x Wv + bv
         if let Some(rope) = &self.rope {
             q = rope.forward(&q, layout)?;
             k = rope.forward(&k, layout)?;
         }
         // GQA: query head i reads kv head i / (H/KV) (transformers' repeat_kv).
-        let (k, v) = if kv == h { (k, v) } else { (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?) };
-        let q = (q * self.scale)?;
-        let scores = q.matmul(&k.t()?.contiguous()?)?; // [B, H, T, T]
+        let (ke, ve) = if kv == h { (k, v) } else { (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?) };
+        let qs = (q * self.scale)?;
+        let scores = qs.matmul(&ke.t()?)?; // S = q k^T * scale + bias   [B, H, T, T]
         let scores = match layout {
             Layout::Causal => scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?.to_dtype(x.dtype())?)?,
             Layout::Custom { bias, .. } => scores.broadcast_add(&bias.to_dtype(x.dtype())?)?,
         };
-        let probs = softmax_last_dim(&scores)?;
-        let mut o = probs.matmul(&v)?; // [B, H, T, hd]
-        if let Some(g) = head_gate {
-            o = o.broadcast_mul(&g.to_dtype(o.dtype())?.reshape((1, h, 1, 1))?)?;
-        }
-        let o = o.transpose(1, 2)?.reshape((b, t, h * hd))?; // [B, T, H*hd]
+        let probs = softmax_last_dim(&scores)?; // A = softmax(S)
+        let o = probs.matmul(&ve)?; // o = A v   [B, H, T, hd]
+        let og = match head_gate {
+            Some(g) => o.broadcast_mul(&g.to_dtype(o.dtype())?.reshape((1, h, 1, 1))?)?,
+            None => o.clone(),
+        };
+        let og = og.transpose(1, 2)?.reshape((b, t, h * hd))?; // [B, T, H*hd]
         if let Some(c) = capture.as_deref_mut() {
             if c.record_attn_probs {
-                c.attn_probs = Some(probs);
+                c.attn_probs = Some(probs.clone());
             }
             if c.record_head_outputs {
-                c.head_outputs = Some(o.clone());
+                c.head_outputs = Some(og.clone());
             }
         }
-        self.o.forward(&o)
+        let y = self.o.forward(&og)?; // out = concat_h(g_h o_h) Wo + bo
+        Ok((y, AttnActs { x: x.clone(), qs, ke, ve, probs, o }))
     }
     pub fn n_params(&self) -> usize {
         self.q.n_params() + self.k.n_params() + self.v.n_params() + self.o.n_params()

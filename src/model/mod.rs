@@ -19,8 +19,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-pub use blocks::{Activation, Block, Embeddings, LayerCapture, Layout, LmHead, NormKind, Residual, RopeStyle, TreeRow};
-pub use backward::{GateGrads, Target};
+pub use blocks::{Activation, AttnActs, Block, Embeddings, LayerCapture, Layout, LmHead, MlpActs, NormKind, Residual, RopeStyle, TreeRow};
+pub use backward::{Activations, BlockActs, GateGrads, Target};
 pub use mask::Mask;
 
 use crate::formats::gguf::GgufFile;
