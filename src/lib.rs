@@ -5,6 +5,8 @@
 //! - [`tokenizer`]: tokenizers from tokenizer.json, vocab.json + merges.txt, or GGUF metadata.
 //! - [`model`]: one shared set of transformer blocks, one file per model family, masks.
 //! - [`importance`]: gradient importance of heads and FFNs (spec 3.1).
+//! - [`compare`]: rank correlations, top-k overlap, cross-task/shot tables, bootstrap (spec 6).
+//! - [`plots`]: SVG + PNG figures (heatmaps, bars, curves) from plain data.
 //! - [`assets`]: the pinned default assets (`headroom fetch`).
 //! - [`io`]: JSONL reading with line numbers, atomic writes.
 //! - [`runs`]: run folders (manifest, hashed units, resume, shards, merge).
@@ -13,10 +15,12 @@
 //! Every stage is a function over plain data; the binary in `src/main.rs` is a thin CLI.
 
 pub mod assets;
+pub mod compare;
 pub mod formats;
 pub mod importance;
 pub mod io;
 pub mod model;
+pub mod plots;
 pub mod prune;
 pub mod runs;
 pub mod tokenizer;
