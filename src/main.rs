@@ -20,6 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Rank correlations, top-k overlaps and (with TASK@K labels) the cross-shot table between
+    /// importance files, with optional bootstrap intervals and heatmaps.
+    Compare(cli::compare::CompareArgs),
     /// End to end on the default model: fetch it if missing, describe it, predict, and check
     /// in-context copying on a repeated random sequence. (Grows into the paper's whole pipeline.)
     Demo(cli::demo::DemoArgs),
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let dev = cli::device(&cli.device)?;
     match cli.command {
+        Command::Compare(a) => cli::compare::run(a),
         Command::Demo(a) => cli::demo::run(a, &dev),
         Command::Fetch(a) => cli::fetch::run(a),
         Command::Importance(a) => cli::importance::run(a, &dev),

@@ -1,6 +1,7 @@
 //! One file per subcommand: an `Args` struct (each flag documented where it is defined) and a
 //! `run` that calls one library stage and prints or writes its result.
 
+pub mod compare;
 pub mod demo;
 pub mod fetch;
 pub mod importance;

@@ -1,0 +1,136 @@
+//! `headroom compare` end to end on importance.json files shaped like `headroom importance`
+//! writes them (plus contributions.jsonl for --bootstrap).
+
+use std::path::Path;
+use std::process::Command;
+
+use headroom::importance::ExampleContribution;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+const L: usize = 3;
+const H: usize = 4;
+
+/// An importance folder whose head scores are `base` + task noise, with per-example
+/// contributions that add up to them (authors' normalization).
+fn write_run(dir: &Path, base: &[f64], seed: u64, with_contributions: bool) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let ex: Vec<ExampleContribution> = (0..40)
+        .map(|_| {
+            let tokens = rng.random_range(5..30u32);
+            ExampleContribution {
+                head_abs: base.iter().map(|b| (b * (tokens - 1) as f64 * (0.5 + rng.random::<f64>())) as f32).collect(),
+                ffn_abs: vec![1.0; L],
+                tokens,
+                label_tokens: 2,
+            }
+        })
+        .collect();
+    let scores = headroom::compare::scores_from_examples(&ex, headroom::importance::Normalize::Authors).unwrap();
+    let doc = json!({
+        "model": {"source": "/root/.cache/headroom/opt-125m", "n_layers": L, "n_heads": H},
+        "prompts": "prompts.jsonl",
+        "options": {"abs_mode": "per_token", "normalize": "authors", "batch_size": 1, "max_examples": null, "mask": null},
+        "examples": ex.len(),
+        "heads": scores.heads,
+        "ffns": scores.ffns,
+        "sums": {},
+        "tool": "headroom 0.1.0",
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("importance.json"), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    if with_contributions {
+        let lines: Vec<String> = ex.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+        std::fs::write(dir.join("contributions.jsonl"), lines.join("\n")).unwrap();
+    }
+}
+
+fn headroom(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_headroom")).args(args).output().unwrap()
+}
+
+#[test]
+fn compare_writes_tables_cross_shot_bootstrap_and_plots() {
+    let t = tempfile::tempdir().unwrap();
+    let base: Vec<f64> = (0..L * H).map(|i| 1.0 + ((i * 5) % 7) as f64).collect();
+    let names = ["copa0", "copa1", "piqa0", "piqa1"];
+    for (k, n) in names.iter().enumerate() {
+        let b: Vec<f64> = base.iter().enumerate().map(|(i, v)| v + ((i * (k + 2)) % 3) as f64).collect();
+        write_run(&t.path().join(n), &b, k as u64, true);
+    }
+    let out = t.path().join("cmp");
+    let dirs: Vec<String> = names.iter().map(|n| t.path().join(n).display().to_string()).collect();
+    let mut args = vec!["compare", "--scores"];
+    args.extend(dirs.iter().map(String::as_str));
+    args.extend(["--labels", "copa@0,copa@1,piqa@0,piqa@1", "--aggregate", "--random", "3", "--bootstrap", "40", "--out"]);
+    let out_s = out.display().to_string();
+    args.push(&out_s);
+    let o = headroom(&args);
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("Spearman rank correlation"), "{stdout}");
+    assert!(stdout.contains("0-shot vs 1-shot"), "{stdout}");
+
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(v["method"], "spearman");
+    let labels = v["correlation"]["labels"].as_array().unwrap();
+    assert_eq!(labels.len(), 6);
+    assert_eq!(labels[4], "aggregate");
+    assert_eq!(labels[5], "random");
+    assert_eq!(v["correlation"]["rho"][1][1], 1.0);
+    assert_eq!(v["overlap"]["k"], 3); // floor(0.3 * 12)
+    assert_eq!(v["overlap"]["expected"], 0.25);
+    assert_eq!(v["cross_shot"]["shots"], json!([0, 1]));
+    assert_eq!(v["cross_shot"]["n_tasks"][0][1], 2);
+    let pairs = v["bootstrap"]["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 6);
+    for p in pairs {
+        let r = &p["rho"];
+        assert!(r["lo"].as_f64().unwrap() <= r["hi"].as_f64().unwrap());
+    }
+    let csv = std::fs::read_to_string(out.join("correlations.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 15); // header + 6 choose 2
+    assert!(csv.lines().next().unwrap().ends_with("rho_lo,rho_hi,overlap_lo,overlap_hi"));
+    let ranks = std::fs::read_to_string(out.join("rank_intervals_copa_0.csv")).unwrap();
+    assert_eq!(ranks.lines().count(), 1 + L * H);
+    assert!(std::fs::read_to_string(out.join("cross_shot.csv")).unwrap().starts_with("shots_a,shots_b,mean,variance"));
+    for f in ["srcc.png", "overlap.png"] {
+        let b = std::fs::read(out.join(f)).unwrap();
+        assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n");
+    }
+    let svg = std::fs::read_to_string(out.join("srcc.svg")).unwrap();
+    assert!(svg.contains("Spearman rank correlation — opt-125m"));
+
+    // The authors' statistic is labelled as such.
+    let out2 = t.path().join("cmp2").display().to_string();
+    let o = headroom(&["compare", "--scores", &dirs[0], &dirs[2], "--method", "argsort", "--out", &out2]);
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&out2).join("compare.json")).unwrap()).unwrap();
+    assert_eq!(v["statistic"], "argsort correlation (authors' SRCC)");
+    assert_eq!(v["correlation"]["labels"], json!(["copa0", "piqa0"]));
+    assert!(v["cross_shot"].is_null());
+}
+
+#[test]
+fn compare_errors_name_the_problem() {
+    let t = tempfile::tempdir().unwrap();
+    let base: Vec<f64> = (0..L * H).map(|i| i as f64).collect();
+    write_run(&t.path().join("a"), &base, 1, false);
+    write_run(&t.path().join("b"), &base, 2, false);
+    let (a, b) = (t.path().join("a").display().to_string(), t.path().join("b").display().to_string());
+    let out = t.path().join("o").display().to_string();
+    let o = headroom(&["compare", "--scores", &a, &b, "--bootstrap", "10", "--out", &out]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--per-example"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = headroom(&["compare", "--scores", &a, "--out", &out]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = headroom(&["compare", "--scores", &a, &b, "--labels", "x", "--out", &out]);
+    assert_eq!(o.status.code(), Some(2));
+    // A file of another shape.
+    std::fs::create_dir_all(t.path().join("c")).unwrap();
+    std::fs::write(t.path().join("c/importance.json"), r#"{"heads": [[1.0, 2.0]]}"#).unwrap();
+    let c = t.path().join("c").display().to_string();
+    let o = headroom(&["compare", "--scores", &a, &c, "--out", &out]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("one model"));
+}
