@@ -35,7 +35,11 @@ pub struct ImportanceArgs {
     /// Score the model under this mask (JSON `{"heads": .., "ffns": ..}`); default: full model.
     #[arg(long)]
     mask: Option<PathBuf>,
-    /// Output folder: importance.json, heads.csv, ffns.csv.
+    /// Also write contributions.jsonl: each example's raw head/FFN sums and token counts, which
+    /// `headroom compare --bootstrap` resamples (per_token / per_example abs modes only).
+    #[arg(long)]
+    per_example: bool,
+    /// Output folder: importance.json, heads.csv, ffns.csv (and contributions.jsonl).
     #[arg(long)]
     out: PathBuf,
 }
@@ -61,8 +65,11 @@ pub fn run(args: ImportanceArgs, dev: &Device) -> Result<()> {
         ProgressStyle::with_template("importance {bar:40} {pos}/{len} examples [{elapsed_precise}<{eta_precise}] {msg}")?,
     );
     let start = Instant::now();
-    let opts = ImportanceOptions { abs_mode: args.abs_mode, batch_size: args.batch_size, mask, keep_per_example: false };
-    let (sums, _) = importance::accumulate(&model, &tokenized, &opts, &mut |done, toks| {
+    if args.per_example && args.abs_mode == AbsMode::PerBatch {
+        bail!("--per-example needs --abs-mode per-token or per-example (per-batch sums are not per example)");
+    }
+    let opts = ImportanceOptions { abs_mode: args.abs_mode, batch_size: args.batch_size, mask, keep_per_example: args.per_example };
+    let (sums, per_example) = importance::accumulate(&model, &tokenized, &opts, &mut |done, toks| {
         bar.set_position(done as u64);
         bar.set_message(format!("{:.0} tok/s", toks as f64 / start.elapsed().as_secs_f64()));
     })?;
@@ -89,6 +96,14 @@ pub fn run(args: ImportanceArgs, dev: &Device) -> Result<()> {
     write_json(&args.out.join("importance.json"), &summary)?;
     write_atomic(&args.out.join("heads.csv"), importance::heads_csv(&scores, &sums).as_bytes())?;
     write_atomic(&args.out.join("ffns.csv"), importance::ffns_csv(&scores, &sums).as_bytes())?;
+    if let Some(ex) = per_example {
+        let mut lines = String::new();
+        for e in &ex {
+            lines.push_str(&serde_json::to_string(e)?);
+            lines.push('\n');
+        }
+        write_atomic(&args.out.join(super::compare::CONTRIBUTIONS_FILE), lines.as_bytes())?;
+    }
     // The five most and least important heads, as a glance.
     let mut flat: Vec<(usize, usize, f64)> =
         scores.heads.iter().enumerate().flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &v)| (l, h, v))).collect();
