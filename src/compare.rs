@@ -637,6 +637,16 @@ fn draw_counts(n: usize, rng: &mut impl Rng) -> Vec<u32> {
     counts
 }
 
+/// The generator of replicate `b` of stream `stream` (one stream per score set): a pure function
+/// of (seed, stream, b), so results do not depend on how many threads drew them.
+fn replicate_rng(seed: u64, stream: u64, b: u64) -> rand::rngs::StdRng {
+    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    // splitmix64 finalizer, so nearby (stream, b) give unrelated seeds
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    rand::rngs::StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
 /// Linear-interpolated quantile of sorted values (numpy's default).
 pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -647,69 +657,112 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-fn percentile_interval(mut reps: Vec<f64>, level: f64, point: f64) -> Interval {
+/// Percentile interval at `level` of replicate values (NaNs dropped) around `point`.
+pub fn percentile_interval(mut reps: Vec<f64>, level: f64, point: f64) -> Interval {
     reps.retain(|x| !x.is_nan());
     reps.sort_by(f64::total_cmp);
     let a = (1.0 - level) / 2.0;
     Interval { point, lo: quantile_sorted(&reps, a), hi: quantile_sorted(&reps, 1.0 - a) }
 }
 
-/// Replicates of a statistic of several score sets, each set's examples resampled independently
-/// (one seeded stream, sets drawn in order). Returns the point estimate and the replicates.
-pub fn bootstrap_replicates<F>(sets: &[&[ExampleContribution]], opts: &BootstrapOptions, stat: F) -> Result<(f64, Vec<f64>)>
-where
-    F: Fn(&[Scores]) -> f64,
-{
+/// One score set's bootstrap: the scores on all examples and on each resample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Replicates {
+    pub point: Scores,
+    pub reps: Vec<Scores>,
+}
+
+fn check_opts(opts: &BootstrapOptions) -> Result<()> {
     ensure!(opts.resamples > 0, "bootstrap needs at least one resample");
     ensure!(opts.level > 0.0 && opts.level < 1.0, "confidence level must be in (0, 1), got {}", opts.level);
-    let shapes: Vec<(usize, usize)> = sets.iter().map(|s| contribution_shape(s)).collect::<Result<_>>()?;
-    let full: Vec<Scores> = sets.iter().map(|s| scores_from_examples(s, opts.normalize)).collect::<Result<_>>()?;
-    let point = stat(&full);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let mut reps = Vec::with_capacity(opts.resamples);
-    for _ in 0..opts.resamples {
-        let scores: Vec<Scores> = sets
-            .iter()
-            .zip(&shapes)
-            .map(|(s, &(l, h))| resampled_sums(s, &draw_counts(s.len(), &mut rng), l, h).scores(opts.normalize))
-            .collect();
-        reps.push(stat(&scores));
-    }
-    Ok((point, reps))
+    Ok(())
 }
 
-/// Percentile interval of any statistic of one or more score sets.
+/// Resamples one set's examples with replacement `opts.resamples` times (stream `stream`, so
+/// several sets resampled with one seed are independent) and normalizes each resample. Runs on
+/// all cores. Memory: resamples x (L*H + L) f64.
+pub fn replicates(examples: &[ExampleContribution], opts: &BootstrapOptions, stream: u64) -> Result<Replicates> {
+    check_opts(opts)?;
+    let (l, h) = contribution_shape(examples)?;
+    let point = resampled_sums(examples, &vec![1; examples.len()], l, h).scores(opts.normalize);
+    let one = |b: usize| {
+        let mut rng = replicate_rng(opts.seed, stream, b as u64);
+        resampled_sums(examples, &draw_counts(examples.len(), &mut rng), l, h).scores(opts.normalize)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(opts.resamples);
+    let mut reps: Vec<Option<Scores>> = vec![None; opts.resamples];
+    std::thread::scope(|s| {
+        let chunk = opts.resamples.div_ceil(threads);
+        for (t, slot) in reps.chunks_mut(chunk).enumerate() {
+            let one = &one;
+            s.spawn(move || {
+                for (i, r) in slot.iter_mut().enumerate() {
+                    *r = Some(one(t * chunk + i));
+                }
+            });
+        }
+    });
+    Ok(Replicates { point, reps: reps.into_iter().map(|r| r.expect("every replicate is filled")).collect() })
+}
+
+/// Percentile interval of a statistic of several sets' replicates, replicate b of each set
+/// taken together (the sets were resampled independently).
+pub fn interval_of<F>(sets: &[&Replicates], level: f64, stat: F) -> Result<Interval>
+where
+    F: Fn(&[&Scores]) -> f64,
+{
+    ensure!(!sets.is_empty(), "no score sets");
+    let b = sets[0].reps.len();
+    ensure!(sets.iter().all(|s| s.reps.len() == b), "score sets have different numbers of resamples");
+    let point = stat(&sets.iter().map(|s| &s.point).collect::<Vec<_>>());
+    let reps = (0..b).map(|i| stat(&sets.iter().map(|s| &s.reps[i]).collect::<Vec<_>>())).collect();
+    Ok(percentile_interval(reps, level, point))
+}
+
+/// Percentile interval of any statistic of one or more score sets, each set's examples
+/// resampled independently (set i is stream i).
 pub fn bootstrap_interval<F>(sets: &[&[ExampleContribution]], opts: &BootstrapOptions, stat: F) -> Result<Interval>
 where
-    F: Fn(&[Scores]) -> f64,
+    F: Fn(&[&Scores]) -> f64,
 {
-    let (point, reps) = bootstrap_replicates(sets, opts, stat)?;
-    Ok(percentile_interval(reps, opts.level, point))
+    let reps: Vec<Replicates> = sets.iter().enumerate().map(|(i, s)| replicates(s, opts, i as u64)).collect::<Result<_>>()?;
+    interval_of(&reps.iter().collect::<Vec<_>>(), opts.level, stat)
 }
 
-/// Interval of the correlation between two score sets' head rankings.
+fn same_shape(a: &Replicates, b: &Replicates) -> Result<()> {
+    let shape = |s: &Scores| (s.heads.len(), s.heads.first().map_or(0, Vec::len));
+    ensure!(shape(&a.point) == shape(&b.point), "the two score sets come from models of different shapes");
+    Ok(())
+}
+
+/// Interval of the correlation between two sets' head rankings (from their replicates).
+pub fn correlation_interval(a: &Replicates, b: &Replicates, method: Method, level: f64) -> Result<Interval> {
+    same_shape(a, b)?;
+    interval_of(&[a, b], level, |s| correlate(method, &flatten(&s[0].heads), &flatten(&s[1].heads)).map_or(f64::NAN, |c| c.rho))
+}
+
+/// Interval of the top-k overlap between two sets' heads (from their replicates).
+pub fn overlap_interval(a: &Replicates, b: &Replicates, frac: f64, level: f64) -> Result<Interval> {
+    same_shape(a, b)?;
+    let n = flatten(&a.point.heads).len();
+    top_overlap(&vec![0.0; n], &vec![0.0; n], frac)?; // validates frac and n once
+    interval_of(&[a, b], level, |s| top_overlap(&flatten(&s[0].heads), &flatten(&s[1].heads), frac).map_or(f64::NAN, |o| o.overlap))
+}
+
+/// Interval of the correlation between two score sets' head rankings, each set resampled
+/// independently.
 pub fn bootstrap_correlation(
     a: &[ExampleContribution],
     b: &[ExampleContribution],
     method: Method,
     opts: &BootstrapOptions,
 ) -> Result<Interval> {
-    let (la, ha) = contribution_shape(a)?;
-    let (lb, hb) = contribution_shape(b)?;
-    ensure!((la, ha) == (lb, hb), "cannot correlate a {la}x{ha} model's heads with a {lb}x{hb} one's");
-    bootstrap_interval(&[a, b], opts, |s| {
-        correlate(method, &flatten(&s[0].heads), &flatten(&s[1].heads)).map_or(f64::NAN, |c| c.rho)
-    })
+    correlation_interval(&replicates(a, opts, 0)?, &replicates(b, opts, 1)?, method, opts.level)
 }
 
 /// Interval of the top-k overlap between two score sets' heads.
 pub fn bootstrap_overlap(a: &[ExampleContribution], b: &[ExampleContribution], frac: f64, opts: &BootstrapOptions) -> Result<Interval> {
-    let (la, ha) = contribution_shape(a)?;
-    ensure!(contribution_shape(b)? == (la, ha), "the two score sets come from models of different shapes");
-    top_overlap(&vec![0.0; la * ha], &vec![0.0; la * ha], frac)?; // validate frac once
-    bootstrap_interval(&[a, b], opts, |s| {
-        top_overlap(&flatten(&s[0].heads), &flatten(&s[1].heads), frac).map_or(f64::NAN, |o| o.overlap)
-    })
+    overlap_interval(&replicates(a, opts, 0)?, &replicates(b, opts, 1)?, frac, opts.level)
 }
 
 /// Per-head importance-rank intervals: rank 1 = most important, N = least (position in the
@@ -736,25 +789,27 @@ pub fn importance_ranks(scores: &[f64]) -> Vec<f64> {
     r
 }
 
-pub fn bootstrap_head_ranks(examples: &[ExampleContribution], opts: &BootstrapOptions) -> Result<RankIntervals> {
-    ensure!(opts.resamples > 0, "bootstrap needs at least one resample");
-    let (l, h) = contribution_shape(examples)?;
-    let point = importance_ranks(&flatten(&scores_from_examples(examples, opts.normalize)?.heads));
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let mut reps: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.resamples); l * h];
-    for _ in 0..opts.resamples {
-        let s = resampled_sums(examples, &draw_counts(examples.len(), &mut rng), l, h).scores(opts.normalize);
-        for (i, r) in importance_ranks(&flatten(&s.heads)).into_iter().enumerate() {
-            reps[i].push(r);
+/// Per-head rank intervals from one set's replicates.
+pub fn rank_intervals(r: &Replicates, level: f64) -> RankIntervals {
+    let (l, h) = (r.point.heads.len(), r.point.heads.first().map_or(0, Vec::len));
+    let point = importance_ranks(&flatten(&r.point.heads));
+    let mut per_head: Vec<Vec<f64>> = vec![Vec::with_capacity(r.reps.len()); l * h];
+    for s in &r.reps {
+        for (i, rank) in importance_ranks(&flatten(&s.heads)).into_iter().enumerate() {
+            per_head[i].push(rank);
         }
     }
     let (mut lo, mut hi) = (Vec::with_capacity(l * h), Vec::with_capacity(l * h));
-    for (r, &p) in reps.into_iter().zip(&point) {
-        let iv = percentile_interval(r, opts.level, p);
+    for (reps, &p) in per_head.into_iter().zip(&point) {
+        let iv = percentile_interval(reps, level, p);
         lo.push(iv.lo);
         hi.push(iv.hi);
     }
-    Ok(RankIntervals { n_layers: l, n_heads: h, point, lo, hi, level: opts.level, resamples: opts.resamples })
+    RankIntervals { n_layers: l, n_heads: h, point, lo, hi, level, resamples: r.reps.len() }
+}
+
+pub fn bootstrap_head_ranks(examples: &[ExampleContribution], opts: &BootstrapOptions) -> Result<RankIntervals> {
+    Ok(rank_intervals(&replicates(examples, opts, 0)?, opts.level))
 }
 
 #[cfg(test)]

@@ -190,18 +190,21 @@ pub fn run(args: CompareArgs) -> Result<()> {
         let contribs: Vec<Vec<ExampleContribution>> = inputs.iter().map(load_contributions).collect::<Result<_>>()?;
         let normalize = inputs[0].normalize;
         let opts = BootstrapOptions { resamples, seed: args.seed, level: args.level, normalize };
+        // Each input is resampled once (its own stream); every pair uses replicate b of both.
+        let reps: Vec<compare::Replicates> =
+            contribs.iter().enumerate().map(|(i, ex)| compare::replicates(ex, &opts, i as u64)).collect::<Result<_>>()?;
         let mut pairs = Vec::new();
         for i in 0..inputs.len() {
             for j in i + 1..inputs.len() {
-                let r = compare::bootstrap_correlation(&contribs[i], &contribs[j], args.method, &opts)?;
-                let o = compare::bootstrap_overlap(&contribs[i], &contribs[j], args.top, &opts)?;
+                let r = compare::correlation_interval(&reps[i], &reps[j], args.method, args.level)?;
+                let o = compare::overlap_interval(&reps[i], &reps[j], args.top, args.level)?;
                 pairs.push(json!({"a": inputs[i].label, "b": inputs[j].label, "rho": r, "overlap": o}));
                 boot_pairs.push((r, o));
             }
         }
         let mut rank_files = Vec::new();
-        for (input, ex) in inputs.iter().zip(&contribs) {
-            let r = compare::bootstrap_head_ranks(ex, &opts)?;
+        for ((input, ex), rep) in inputs.iter().zip(&contribs).zip(&reps) {
+            let r = compare::rank_intervals(rep, args.level);
             let mut csv = String::from("layer,head,rank,rank_lo,rank_hi\n");
             for f in 0..r.point.len() {
                 csv.push_str(&format!("{},{},{},{},{}\n", f / r.n_heads, f % r.n_heads, r.point[f], num(r.lo[f]), num(r.hi[f])));
