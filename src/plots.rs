@@ -197,6 +197,22 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
+/// Tick labels for an axis spanning [lo, hi]: one number of decimals for all ticks (enough to
+/// tell ticks ~1/10 of the span apart), scientific when the values are tiny or huge.
+pub fn axis_fmt(lo: f64, hi: f64) -> impl Fn(&f64) -> String {
+    let big = lo.abs().max(hi.abs());
+    let scientific = big >= 1e4 || (big < 1e-2 && big > 0.0);
+    let span = (hi - lo).abs();
+    let decimals = if span > 0.0 { (-(span / 10.0).log10()).ceil().clamp(0.0, 4.0) as usize } else { 2 };
+    move |v: &f64| {
+        if scientific {
+            if *v == 0.0 { "0".into() } else { format!("{v:.1e}") }
+        } else {
+            format!("{v:.decimals$}")
+        }
+    }
+}
+
 /// A cell annotation: two decimals for values like correlations and accuracies.
 fn fmt_cell(v: f64) -> String {
     if v.is_finite() && v.abs() < 10.0 && (v == 0.0 || v.abs() >= 1e-2) {
@@ -396,7 +412,7 @@ impl Plot for Heatmap {
         let cell = if self.annotate { 56 } else if nx.max(ny) <= 16 { 40 } else if nx.max(ny) <= 40 { 20 } else { 12 };
         let row_label_w = (0..ny).map(|i| text_width(&Self::label_of(&self.row_labels, i), 14.0)).max().unwrap_or(0);
         let x_area = if self.rotate_x() { self.max_col_label() + 30 } else { 60 };
-        let w = (nx as u32 * cell + row_label_w + 60 + 170).max(520).max(text_width(&self.title, 22.0) + 40);
+        let w = (nx as u32 * cell + row_label_w + 60 + 190).max(520).max(text_width(&self.title, 22.0) + 40);
         let h = (ny as u32 * cell + x_area + 80).max(420);
         (w, h)
     }
@@ -411,7 +427,7 @@ impl Plot for Heatmap {
         root.fill(&WHITE)?;
         let area = root.titled(&self.title, bold(22.0))?;
         let (w, _) = area.dim_in_pixel();
-        let (main, bar) = area.split_horizontally(w.saturating_sub(150));
+        let (main, bar) = area.split_horizontally(w.saturating_sub(170));
         let range = self.color_range();
         let rotate = self.rotate_x();
         let x_area = if rotate { self.max_col_label() + 20 } else { 50 };
@@ -484,7 +500,8 @@ impl Plot for Heatmap {
             .right_y_label_area_size(90)
             .build_cartesian_2d(0f64..1f64, range.0..range.1)?;
         let log = self.log;
-        let cb_fmt = |v: &f64| if log { fmt_num(10f64.powf(*v)) } else { fmt_num(*v) };
+        let lin = axis_fmt(range.0, range.1);
+        let cb_fmt = |v: &f64| if log { fmt_num(10f64.powf(*v)) } else { lin(v) };
         cb.configure_mesh()
             .disable_mesh()
             .disable_x_axis()
@@ -631,8 +648,8 @@ impl Plot for LinePlot {
             .bold_line_style(RGBColor(225, 225, 225))
             .x_desc(self.x_label.as_str())
             .y_desc(self.y_label.as_str())
-            .x_label_formatter(&|v| fmt_num(*v))
-            .y_label_formatter(&|v| fmt_num(*v))
+            .x_label_formatter(&axis_fmt(xr.0, xr.1))
+            .y_label_formatter(&axis_fmt(yr.0, yr.1))
             .label_style(font(14.0))
             .axis_desc_style(font(16.0))
             .draw()?;
@@ -795,7 +812,7 @@ impl Plot for BarPlot {
             .x_desc(self.x_label.as_str())
             .y_desc(self.y_label.as_str())
             .x_label_formatter(&x_fmt)
-            .y_label_formatter(&|v| fmt_num(*v))
+            .y_label_formatter(&axis_fmt(lo, hi))
             .x_label_style(x_style)
             .y_label_style(font(14.0))
             .axis_desc_style(font(16.0))
