@@ -1,6 +1,8 @@
 //! `headroom compare` end to end on importance.json files shaped like `headroom importance`
 //! writes them (plus contributions.jsonl for --bootstrap).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -133,4 +135,44 @@ fn compare_errors_name_the_problem() {
     let o = headroom(&["compare", "--scores", &a, &c, "--out", &out]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("one model"));
+}
+
+/// The real path: `headroom importance --per-example` on the default model writes contributions
+/// that add up to its exact sums, and `compare --bootstrap` reads them.
+#[test]
+fn importance_per_example_feeds_compare_bootstrap() {
+    let Some(model) = common::default_model() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let model = model.display().to_string();
+    let mut dirs = Vec::new();
+    for (name, lines) in [
+        ("sum", (0..6).map(|i| format!(r#"{{"context": "Q: what is {i} plus {i}? A:", "continuation": " {}"}}"#, 2 * i)).collect::<Vec<_>>()),
+        ("mat", ["cat", "dog", "man", "bird", "fox", "cow"].iter().map(|w| format!(r#"{{"context": "The {w} sat on the mat because it was", "continuation": " tired."}}"#)).collect()),
+    ] {
+        let prompts = t.path().join(format!("{name}.jsonl"));
+        std::fs::write(&prompts, lines.join("\n")).unwrap();
+        let out = t.path().join(name);
+        let o = headroom(&["importance", "--model", &model, "--prompts", &prompts.display().to_string(), "--batch-size", "3", "--per-example", "--out", &out.display().to_string()]);
+        assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+        // The per-example rows add up to the exact sums (up to their f32 storage).
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(out.join("importance.json")).unwrap()).unwrap();
+        let ex: Vec<ExampleContribution> = headroom::io::read_jsonl(&out.join("contributions.jsonl")).unwrap();
+        assert_eq!(ex.len(), 6);
+        let sums: Vec<f64> = serde_json::from_value(v["sums"]["head_abs"].clone()).unwrap();
+        for (i, s) in sums.iter().enumerate() {
+            let total: f64 = ex.iter().map(|e| e.head_abs[i] as f64).sum();
+            assert!((total - s).abs() <= 1e-5 * s.abs().max(1e-12), "head {i}: {total} vs {s}");
+        }
+        assert_eq!(ex.iter().map(|e| e.tokens as u64).sum::<u64>(), v["sums"]["tokens"].as_u64().unwrap());
+        dirs.push(out.display().to_string());
+    }
+    let out = t.path().join("cmp").display().to_string();
+    let o = headroom(&["compare", "--scores", &dirs[0], &dirs[1], "--bootstrap", "30", "--out", &out]);
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&out).join("compare.json")).unwrap()).unwrap();
+    let rho = &v["bootstrap"]["pairs"][0]["rho"];
+    let point = v["correlation"]["rho"][0][1].as_f64().unwrap();
+    // The bootstrap's point (recomputed from the per-example rows) is the importance.json one.
+    assert!((rho["point"].as_f64().unwrap() - point).abs() < 1e-3, "{rho} vs {point}");
+    assert!(rho["lo"].as_f64().unwrap() <= rho["hi"].as_f64().unwrap());
 }
