@@ -2,11 +2,14 @@
 //! `run` that calls one library stage and prints or writes its result.
 
 pub mod demo;
+pub mod eval;
 pub mod fetch;
 pub mod importance;
 pub mod inspect;
 pub mod merge;
 pub mod next;
+pub mod prompts;
+pub mod tasks;
 
 use std::path::PathBuf;
 
