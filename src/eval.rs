@@ -148,6 +148,8 @@ pub struct Cost {
     pub rows: usize,
     /// Tokens through the transformer, padding included.
     pub tokens: usize,
+    /// The same without padding.
+    pub real_tokens: usize,
     /// Tokens a naive per-option evaluation puts through the transformer.
     pub naive_tokens: usize,
     /// Positions where logits were computed.
@@ -164,6 +166,7 @@ impl Cost {
         self.batches += o.batches;
         self.rows += o.rows;
         self.tokens += o.tokens;
+        self.real_tokens += o.real_tokens;
         self.naive_tokens += o.naive_tokens;
         self.logit_rows += o.logit_rows;
         self.naive_logit_rows += o.naive_logit_rows;
@@ -221,11 +224,14 @@ pub struct ScoreOptions {
     /// Padded tokens per forward pass at most (bounds the T x T attention memory); a single
     /// longer row still runs alone.
     pub max_batch_tokens: usize,
+    /// A row joins a batch only while padding stays within this fraction of the batch's tokens
+    /// (rows are sorted by length, so this closes a batch where lengths drop).
+    pub max_padding: f64,
 }
 
 impl Default for ScoreOptions {
     fn default() -> Self {
-        Self { batch_size: 16, max_batch_tokens: 8192 }
+        Self { batch_size: 16, max_batch_tokens: 8192, max_padding: 0.1 }
     }
 }
 
@@ -285,7 +291,14 @@ pub fn score(
     while s < order.len() {
         let t = plans[order[s]].ids.len().max(1);
         let mut e = s + 1;
+        let mut real = t;
         while e < order.len() && e - s < opts.batch_size.max(1) && (e - s + 1) * t <= opts.max_batch_tokens {
+            let n = plans[order[e]].ids.len();
+            let padded = (e - s + 1) * t;
+            if (padded - real - n) as f64 > opts.max_padding * padded as f64 {
+                break;
+            }
+            real += n;
             e += 1;
         }
         let batch: Vec<&Plan> = order[s..e].iter().map(|&i| &plans[i]).collect();
@@ -356,6 +369,7 @@ fn score_batch(model: &Model, batch: &[&Plan], mask: Option<&Mask>, fm: &FlopMod
         batches: 1,
         rows: b,
         tokens: b * t,
+        real_tokens: batch.iter().map(|p| p.ids.len()).sum(),
         logit_rows: n,
         flops: fm.per_token * (b * t) as f64 + fm.per_pair * (b * t * t) as f64 + fm.per_logit * n as f64,
         ..Default::default()
@@ -573,11 +587,28 @@ pub struct EvalConfig {
     pub seed: u64,
     pub tokenization: Tokenization,
     pub score: ScoreOptions,
+    /// Truncate inputs to this many tokens instead of the model's context length (the
+    /// authors: 2048, OPT's).
+    pub max_length: Option<usize>,
+}
+
+impl EvalConfig {
+    /// The input length inputs are left-truncated to.
+    pub fn max_len(&self, model: &Model) -> usize {
+        self.max_length.map_or(model.info.context_length, |m| m.min(model.info.context_length))
+    }
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { shots: 0, limit: None, seed: 1234, tokenization: Tokenization::Authors, score: ScoreOptions::default() }
+        Self {
+            shots: 0,
+            limit: None,
+            seed: 1234,
+            tokenization: Tokenization::Authors,
+            score: ScoreOptions::default(),
+            max_length: None,
+        }
     }
 }
 
@@ -646,7 +677,7 @@ pub fn prepare(task: &Task, docs: &[usize], cfg: &EvalConfig, tok: &Tokenizer, m
             } else {
                 p.requests.clone()
             };
-            encode_example(tok, &reqs, cfg.tokenization, model.info.context_length, empty, &item.origin)
+            encode_example(tok, &reqs, cfg.tokenization, cfg.max_len(model), empty, &item.origin)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((prompts, encoded))
@@ -690,7 +721,7 @@ pub fn evaluate(
         limit: cfg.limit,
         tokenization: cfg.tokenization,
         split: task.split.clone(),
-        context_length: model.info.context_length,
+        context_length: cfg.max_len(model),
         truncated_options: encoded.iter().map(|e| e.truncated).sum(),
         truncated_examples: encoded.iter().filter(|e| e.truncated > 0).count(),
         joint_fallbacks: encoded.iter().map(|e| e.joint_fallbacks).sum(),

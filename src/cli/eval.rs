@@ -71,10 +71,17 @@ pub struct EvalArgs {
     /// Padded tokens per forward pass at most.
     #[arg(long, default_value_t = 8192)]
     max_batch_tokens: usize,
+    /// Largest padding fraction of a batch (rows are sorted by length).
+    #[arg(long, default_value_t = 0.1)]
+    max_padding: f64,
     /// `authors` (context and continuation tokenized separately) or `lm-eval-0.4` (joint
     /// tokenization and its COPA double space).
     #[arg(long, default_value = "authors")]
     scoring: Tokenization,
+    /// Left-truncate inputs to this many tokens (default: the model's context length; the
+    /// authors used 2048).
+    #[arg(long)]
+    max_length: Option<usize>,
     #[command(flatten)]
     source: TaskSource,
     /// Output folder: `<task>.<k>shot.json` (summary) and `<task>.<k>shot.examples.jsonl`.
@@ -119,7 +126,8 @@ pub fn run(args: EvalArgs, dev: &Device) -> Result<()> {
                 limit: args.limit,
                 seed: args.seed,
                 tokenization: args.scoring,
-                score: ScoreOptions { batch_size: args.batch_size, max_batch_tokens: args.max_batch_tokens },
+                score: ScoreOptions { batch_size: args.batch_size, max_batch_tokens: args.max_batch_tokens, max_padding: args.max_padding },
+                max_length: args.max_length,
             };
             let n = args.limit.map_or(task.eval.len(), |l| l.min(task.eval.len()));
             let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(n as u64) };

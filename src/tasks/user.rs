@@ -5,7 +5,8 @@
 //! name = "sst2"
 //! metric = "acc"                       # acc | acc_norm | acc_all | em | greedy
 //! [data]
-//! eval = "sst2_validation.jsonl"       # .jsonl, .jsonl.gz or .arrow; relative to this file
+//! eval = "sst2_validation.jsonl"       # .jsonl, .jsonl.gz or .arrow; relative to this file,
+//!                                      # or under `${data}/` (the fetched data folder)
 //! pool = "sst2_train.jsonl"            # optional; else a seeded holdout split of `eval`
 //! [prompt]
 //! query = "{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:"
@@ -277,7 +278,19 @@ fn render_records(tf: &TaskFile, records: &[Record]) -> Result<Vec<Item>> {
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Task> {
     let tf = parse(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    // `${data}` stands for the fetched data folder (`<cache>/data`).
+    let resolve = |p: &Path| {
+        let s = p.to_string_lossy();
+        let p = match s.strip_prefix("${data}") {
+            Some(rest) => opts.data_dir.join(rest.trim_start_matches('/')),
+            None => p.to_path_buf(),
+        };
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
     let eval_path = opts.data.clone().unwrap_or_else(|| resolve(&tf.data.eval));
     let pool_path = opts.train.clone().or_else(|| tf.data.pool.as_deref().map(resolve));
     let all_eval = render_records(&tf, &data::read_records(&eval_path)?)?;
