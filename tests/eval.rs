@@ -364,7 +364,7 @@ fn tasks_run_end_to_end_on_the_default_model() {
         );
         assert!(s.n == 50 || (name == "cb" && s.n == t.eval.len().min(50)));
         assert!((0.0..=1.0).contains(&s.value));
-        assert!(s.cost.real_tokens < s.cost.naive_tokens);
+        assert!(s.cost.real_tokens <= s.cost.naive_tokens && s.flop_ratio < 1.0, "shared prefixes and continuation-only logits save work");
         assert!(out.records.iter().all(|r| r.ll.iter().all(|l| l.is_finite())));
     }
 }
