@@ -695,11 +695,30 @@ pub fn evaluate(
     let start = std::time::Instant::now();
     let docs = selected_docs(task, cfg);
     let (prompts, encoded) = prepare(task, &docs, cfg, tok, model)?;
-    let (scores, cost) = score(model, &encoded, mask, &cfg.score, progress)?;
+    let mut out = evaluate_prepared(model, task, cfg, &prompts, &encoded, mask, progress)?;
+    // Count prompt building and tokenization too.
+    out.summary.seconds = start.elapsed().as_secs_f64();
+    out.summary.examples_per_s = out.records.len() as f64 / out.summary.seconds.max(1e-9);
+    Ok(out)
+}
+
+/// [`evaluate`] on prompts already built and tokenized by [`prepare`]: a pruning sweep prepares
+/// once and scores under every mask (the prompts do not depend on the mask).
+pub fn evaluate_prepared(
+    model: &Model,
+    task: &Task,
+    cfg: &EvalConfig,
+    prompts: &[Prompt],
+    encoded: &[Encoded],
+    mask: Option<&Mask>,
+    progress: &mut dyn FnMut(usize),
+) -> Result<EvalOutput> {
+    let start = std::time::Instant::now();
+    let (scores, cost) = score(model, encoded, mask, &cfg.score, progress)?;
     let mut records: Vec<ExampleRecord> = prompts
         .iter()
         .zip(&scores)
-        .zip(&encoded)
+        .zip(encoded)
         .map(|((p, s), e)| {
             let demos = p.demos.iter().map(|&j| task.pool[j].id.clone()).collect();
             record(&task.eval[p.doc], p.doc, demos, s, task.ties, e.truncated)
@@ -732,4 +751,11 @@ pub fn evaluate(
         examples_per_s: records.len() as f64 / seconds.max(1e-9),
     };
     Ok(EvalOutput { summary, records })
+}
+
+impl EvalSummary {
+    /// The headline number as the pruning sweep records it.
+    pub fn point(&self) -> crate::prune::EvalPoint {
+        crate::prune::EvalPoint { metric: self.metric.clone(), value: self.value, n: self.n, stderr: self.stderr }
+    }
 }

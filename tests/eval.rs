@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use headroom::eval::{
-    encode_example, evaluate, prepare, score, score_naive, selected_docs, summarize, Encoded, EvalConfig, ExampleRecord,
+    encode_example, evaluate, evaluate_prepared, prepare, score, score_naive, selected_docs, summarize, Encoded, EvalConfig, ExampleRecord,
     ScoreOptions, Tokenization,
 };
 use headroom::model::{Mask, Model};
@@ -286,6 +286,11 @@ fn toml_task_runs_and_masks_keep_the_prompts() {
     mask.heads[1][2] = 0.0;
     mask.ffns[0] = 0.0;
     let pruned = evaluate(&m, &tok, &t, &cfg, Some(&mask), &mut |_| {}).unwrap();
+    // Prepared once, scored under several masks (the pruning sweep's path): same numbers.
+    let (prompts, enc) = prepare(&t, &selected_docs(&t, &cfg), &cfg, &tok, &m).unwrap();
+    let again = evaluate_prepared(&m, &t, &cfg, &prompts, &enc, Some(&mask), &mut |_| {}).unwrap();
+    assert_eq!(again.records.iter().map(|r| r.ll.clone()).collect::<Vec<_>>(), pruned.records.iter().map(|r| r.ll.clone()).collect::<Vec<_>>());
+    assert_eq!(again.summary.point().value, pruned.summary.value);
     for (a, b) in full.records.iter().zip(&pruned.records) {
         assert_eq!(a.demos, b.demos, "same demonstrations under every mask");
         assert_ne!(a.ll, b.ll, "the mask changes the model");

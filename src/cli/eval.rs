@@ -1,9 +1,10 @@
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
+use headroom::io::write_atomic;
 use headroom::eval::{evaluate, EvalConfig, ScoreOptions, Tokenization};
 use headroom::tasks::{self, LoadOptions, SplitChoice};
 use headroom::tokenizer::Tokenizer;
@@ -90,13 +91,6 @@ pub struct EvalArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 pub fn run(args: EvalArgs, dev: &Device) -> Result<()> {

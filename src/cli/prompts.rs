@@ -46,7 +46,7 @@ pub fn run(args: PromptsArgs) -> Result<()> {
     )?;
     let mut buf = Vec::new();
     prompt::write_jsonl(&pairs, &mut buf)?;
-    super::eval::write_atomic(&args.out, &buf)?;
+    headroom::io::write_atomic(&args.out, &buf)?;
     println!("{}: {} prompts ({}-shot, pool {}) -> {}", task.name, pairs.len(), args.shots, task.split.pool_source, args.out.display());
     Ok(())
 }

@@ -69,12 +69,9 @@ pub fn build_prompts(task: &Task, docs: &[usize], k: usize, seed: u64) -> anyhow
         .collect())
 }
 
-/// A prompt for the importance stage: the gold continuation after a k-shot context.
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct PromptPair {
-    pub context: String,
-    pub continuation: String,
-}
+/// A prompt for the importance stage: the gold continuation after a k-shot context (the
+/// importance command's own prompt type, so the two stages share one format).
+pub type PromptPair = crate::importance::Prompt;
 
 /// How importance prompts are made (spec 3.1 steps 1-2, 9.3).
 #[derive(Clone, Debug)]
