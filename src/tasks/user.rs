@@ -217,7 +217,7 @@ fn render_item(tf: &TaskFile, rec: &Record, i: usize) -> Result<Item> {
     let gold = match rec.get(&p.gold) {
         None | Some(Value::Null) => bail!("{}: missing field `{}` (the gold label)", rec.origin, p.gold),
         Some(Value::String(s)) if p.gold_labels.is_some() => {
-            let labels = p.gold_labels.as_ref().map(|v| v.as_slice()).unwrap_or_default();
+            let labels = p.gold_labels.as_deref().unwrap_or_default();
             labels
                 .iter()
                 .position(|l| l == s)
