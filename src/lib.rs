@@ -11,11 +11,14 @@
 //! - [`io`]: JSONL reading with line numbers, atomic writes.
 //! - [`runs`]: run folders (manifest, hashed units, resume, shards, merge).
 //! - [`prune`]: rankings, cumulative masks, sweeps, FFN oracle, inflection points.
+//! - [`tasks`]: the paper's tasks and user TOML tasks, splits, k-shot prompts, importance prompts.
+//! - [`eval`]: few-shot scoring (shared-prefix tree batches) and metrics.
 //!
 //! Every stage is a function over plain data; the binary in `src/main.rs` is a thin CLI.
 
 pub mod assets;
 pub mod compare;
+pub mod eval;
 pub mod formats;
 pub mod importance;
 pub mod io;
@@ -23,6 +26,7 @@ pub mod model;
 pub mod plots;
 pub mod prune;
 pub mod runs;
+pub mod tasks;
 pub mod tokenizer;
 
 pub use anyhow::{Error, Result};

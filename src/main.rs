@@ -26,6 +26,8 @@ enum Command {
     /// End to end on the default model: fetch it if missing, describe it, predict, and check
     /// in-context copying on a repeated random sequence. (Grows into the paper's whole pipeline.)
     Demo(cli::demo::DemoArgs),
+    /// Few-shot evaluation of tasks (accuracy, per-example log-likelihoods) under an optional mask.
+    Eval(cli::eval::EvalArgs),
     /// Download the pinned default assets (model; with --data, task data) into the cache.
     Fetch(cli::fetch::FetchArgs),
     /// Score every attention head and FFN block by gradient importance on a prompt file.
@@ -36,6 +38,10 @@ enum Command {
     Merge(cli::merge::MergeArgs),
     /// Show the top-K next tokens after a prompt, with log-probabilities.
     Next(cli::next::NextArgs),
+    /// Export a task's importance prompts as `{"context", "continuation"}` JSONL.
+    Prompts(cli::prompts::PromptsArgs),
+    /// List the built-in tasks, their splits and whether their data is present.
+    Tasks(cli::tasks::TasksArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,5 +67,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => cli::inspect::run(a, &dev),
         Command::Merge(a) => cli::merge::run(a),
         Command::Next(a) => cli::next::run(a, &dev),
+        Command::Eval(a) => cli::eval::run(a, &dev),
+        Command::Prompts(a) => cli::prompts::run(a),
+        Command::Tasks(a) => cli::tasks::run(a),
     }
 }

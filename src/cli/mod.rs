@@ -3,11 +3,14 @@
 
 pub mod compare;
 pub mod demo;
+pub mod eval;
 pub mod fetch;
 pub mod importance;
 pub mod inspect;
 pub mod merge;
 pub mod next;
+pub mod prompts;
+pub mod tasks;
 
 use std::path::PathBuf;
 
