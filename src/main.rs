@@ -36,6 +36,9 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Join shard run folders (from `--shard i/N` or a Slurm job array) into one.
     Merge(cli::merge::MergeArgs),
+    /// The paper's pruning experiments as one resumable, shardable run: importance, rankings,
+    /// head/FFN/combined sweeps, FFN oracle, tidy CSVs and inflection points.
+    Prune(cli::prune::PruneArgs),
     /// Show the top-K next tokens after a prompt, with log-probabilities.
     Next(cli::next::NextArgs),
     /// Export a task's importance prompts as `{"context", "continuation"}` JSONL.
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Importance(a) => cli::importance::run(a, &dev),
         Command::Inspect(a) => cli::inspect::run(a, &dev),
         Command::Merge(a) => cli::merge::run(a),
+        Command::Prune(a) => cli::prune::run(a, &dev),
         Command::Next(a) => cli::next::run(a, &dev),
         Command::Eval(a) => cli::eval::run(a, &dev),
         Command::Prompts(a) => cli::prompts::run(a),

@@ -9,6 +9,7 @@ pub mod importance;
 pub mod inspect;
 pub mod merge;
 pub mod next;
+pub mod prune;
 pub mod prompts;
 pub mod tasks;
 
