@@ -256,9 +256,14 @@ fn default_model_has_induction_heads() {
     assert!(top[0].score > 0.5, "no head above 0.5: {:?}", top[0]);
     assert!(med < 0.1, "median {med}");
     assert!(st.mean.iter().flatten().all(|&x| (0.0..=1.0).contains(&x)));
-    // TL score ranks the same head near the top.
-    let tl = induction::top_heads(&r.tl_induction.stats().mean, 10);
-    assert!(tl.iter().any(|h| (h.layer, h.head) == (top[0].layer, top[0].head)), "{tl:?}");
+    // TL score (spec 10.9): on [BOS] + X*4 its targets are exactly the definition's, so per
+    // sequence it is the prefix score diluted by all T rows: TL = prefix * 3L / T.
+    for (s, seq) in seqs.iter().enumerate() {
+        let k = (3 * seq.len) as f64 / seq.ids.len() as f64;
+        for (p, t) in r.prefix.per_sequence[s].iter().zip(&r.tl_induction.per_sequence[s]) {
+            assert!((p * k - t).abs() < 1e-6, "prefix {p} tl {t}");
+        }
+    }
     // Copying on two short sequences: in [0, 1], and some head copies.
     let cseqs = induction::copy_sequences(&pool, bos, 2, &lengths, 0).unwrap();
     let c = induction::copying(&m, &cseqs, CopyMode::Authors, &mut |_| {}).unwrap().stats().mean;
@@ -266,4 +271,92 @@ fn default_model_has_induction_heads() {
     eprintln!("copying (2 sequences) top 5: {:?}", ctop.iter().map(|h| (h.layer, h.head, (h.score * 1e4).round() / 1e4)).collect::<Vec<_>>());
     assert!(c.iter().flatten().all(|&x| (0.0..=1.0).contains(&x)));
     assert!(ctop[0].score > 0.1);
+}
+
+// ------------------------------------------------------------------------------------------------
+// The CLI on a tiny OPT folder with a hand-made BPE tokenizer
+
+/// tests/golden/opt_preln's weights + a vocab.json/merges.txt whose merge results are ids < 256:
+/// letters a..z are ids 0..25, and merge r ("x y" over letters) makes id 26 + r.
+fn tiny_opt_with_tokenizer() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::golden_dir().join("opt_preln");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let letters: Vec<char> = ('a'..='z').collect();
+    let mut vocab = serde_json::Map::new();
+    for (i, c) in letters.iter().enumerate() {
+        vocab.insert(c.to_string(), i.into());
+    }
+    let mut merges = String::from("#version: 0.2\n");
+    let mut id = 26;
+    'outer: for a in &letters {
+        for b in &letters {
+            if id == 226 {
+                break 'outer;
+            }
+            vocab.insert(format!("{a}{b}"), id.into());
+            merges.push_str(&format!("{a} {b}\n"));
+            id += 1;
+        }
+    }
+    std::fs::write(dir.path().join("vocab.json"), serde_json::Value::Object(vocab).to_string()).unwrap();
+    std::fs::write(dir.path().join("merges.txt"), merges).unwrap();
+    dir
+}
+
+fn headroom(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_headroom")).args(args).output().unwrap()
+}
+
+#[test]
+fn cli_writes_json_csv_and_capacity() {
+    let model = tiny_opt_with_tokenizer();
+    let out = tempfile::tempdir().unwrap();
+    let imp = out.path().join("importance.json");
+    // Importance = layer index + head / 10: ranking least important first is layer-major.
+    let m: Vec<Vec<f64>> = (0..3).map(|l| (0..4).map(|h| l as f64 + h as f64 / 10.0).collect()).collect();
+    std::fs::write(&imp, serde_json::json!({ "heads": m }).to_string()).unwrap();
+    let dir = out.path().join("run");
+    let (mp, dp, ip) = (model.path().to_str().unwrap(), dir.to_str().unwrap(), imp.to_str().unwrap());
+    let o = headroom(&["induction", "--model", mp, "--sequences", "3", "--min-len", "5", "--prefix-mode", "authors", "--importance", ip, "--out", dp]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("top 10 heads by prefix matching") && stdout.contains("top 10 heads by copying"), "{stdout}");
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("induction.json")).unwrap()).unwrap();
+    assert_eq!(j["options"]["prefix_mode"], "authors");
+    assert_eq!(j["options"]["bos"], 2);
+    assert_eq!(j["options"]["prefix_lengths"], serde_json::json!([5, 7, 9]));
+    assert_eq!(j["options"]["copy_lengths"], serde_json::json!([20, 28, 36]));
+    // 200 merges: floor(0.04 * 200) = 8 cut at each end, ranks [8, 192): 184 ids (BOS id 2 is a
+    // letter, never a merge result).
+    assert_eq!(j["options"]["pool"]["size"], 184);
+    for key in ["prefix", "copying", "tl_induction"] {
+        let mean = j[key]["mean"].as_array().unwrap();
+        assert_eq!(mean.len(), 3);
+        assert!(mean.iter().all(|r| r.as_array().unwrap().len() == 4));
+    }
+    assert_eq!(j["top_prefix"].as_array().unwrap().len(), 10);
+    let csv = std::fs::read_to_string(dir.join("induction.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 13);
+    assert!(csv.starts_with("layer,head,prefix_mean,prefix_var,copy_mean,copy_var"));
+    let cap = std::fs::read_to_string(dir.join("capacity.csv")).unwrap();
+    assert_eq!(cap.lines().count(), 14);
+    let first: Vec<&str> = cap.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(first[2], "100.000000");
+}
+
+#[test]
+fn cli_refuses_sequences_beyond_the_context_and_bad_bos() {
+    let model = tiny_opt_with_tokenizer();
+    let out = tempfile::tempdir().unwrap();
+    let (mp, dp) = (model.path().to_str().unwrap(), out.path().to_str().unwrap());
+    let o = headroom(&["induction", "--model", mp, "--sequences", "3", "--out", dp]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("over the model's context of 64"), "{err}");
+    let o = headroom(&["induction", "--model", mp, "--bos", "999", "--out", dp]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--bos 999"));
 }

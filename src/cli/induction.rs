@@ -35,10 +35,16 @@ pub struct InductionArgs {
     /// Copying-score definition.
     #[arg(long, value_enum, default_value = "authors")]
     copy_mode: CopyModeArg,
-    /// Random sequences per score; sequence s has L = 25 + 2s (prefix, shown 4 times) and
-    /// 4(25 + 2s) tokens (copying), as the authors.
+    /// Random sequences per score; sequence s has L = min_len + len_step * s (prefix, X shown 4
+    /// times) and 4L tokens (copying, X shown once), as the authors (25 + 2s).
     #[arg(long, default_value_t = 100)]
     sequences: usize,
+    /// L of the first sequence (the authors: 25).
+    #[arg(long, default_value_t = 25)]
+    min_len: usize,
+    /// How much L grows per sequence (the authors: 2).
+    #[arg(long, default_value_t = 2)]
+    len_step: usize,
     /// Fraction of BPE merge ranks cut from each end of the token pool (most and least frequent).
     #[arg(long, default_value_t = 0.04)]
     exclude: f64,
@@ -115,13 +121,24 @@ pub fn run(args: InductionArgs, dev: &Device) -> Result<()> {
     let importance = args.importance.as_deref().map(|p| read_importance(p, nl, nh)).transpose()?;
     let bos = parse_bos(&args.bos, induction::default_bos(&model, Some(&tok)), model.info.vocab_size)?;
     let pool = TokenPool::from_tokenizer(&tok, args.exclude, model.info.vocab_size, bos)?;
-    let lengths = Lengths::default();
-    let longest = 1 + 4 * lengths.prefix_len(args.sequences - 1);
+    if args.min_len == 0 {
+        bail!("--min-len must be at least 1");
+    }
+    let lengths = Lengths { base_len: args.min_len, step: args.len_step, copy_factor: 4 };
+    let longest = bos.is_some() as usize + 4 * lengths.prefix_len(args.sequences - 1);
     if longest > model.info.context_length {
         bail!(
-            "--sequences {}: the longest sequence has {longest} tokens, over the model's context of {}",
+            "--sequences {}: the longest sequence has {longest} tokens, over the model's context of {} \
+             (use fewer --sequences or a smaller --min-len / --len-step)",
             args.sequences,
             model.info.context_length
+        );
+    }
+    if lengths.copy_len(args.sequences - 1) > pool.len() {
+        bail!(
+            "the longest copying sequence needs {} distinct tokens but the pool has {}",
+            lengths.copy_len(args.sequences - 1),
+            pool.len()
         );
     }
     let prefix_mode = match args.prefix_mode {
@@ -199,6 +216,8 @@ pub fn run(args: InductionArgs, dev: &Device) -> Result<()> {
             "sequences": n,
             "exclude": args.exclude,
             "seed": args.seed,
+            "min_len": args.min_len,
+            "len_step": args.len_step,
             "rng": "sequence s: SplitMix64(seed * 2^32 + s), partial Fisher-Yates over the pool (src/induction/mod.rs)",
             "bos": bos,
             "bos_token": bos.and_then(|b| tok.id_to_token(b)),

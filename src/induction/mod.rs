@@ -39,6 +39,7 @@
 //!   `add_bos_token = false` and never sees a BOS in normal use; `<|im_start|>` opens every chat
 //!   turn, so it is the start token this model actually knows. `--bos none` or `--bos ID`
 //!   overrides.
+//!
 //! Without a BOS the sequences are `X X X X` / `X` and every position index below shifts by one.
 //!
 //! # Prefix matching (spec 7.2)
@@ -86,7 +87,10 @@
 //! # TransformerLens cross-check
 //! [`tl_induction_score`]: TransformerLens `detect_head(..., "induction_head", "mul")` on the
 //! prefix sequences, `sum(A * P) / sum(A)` with `P[q][k] = 1` iff `tokens[k-1] == tokens[q]`,
-//! `1 <= k <= q` (spec 7.4). Diluted by rows without a target, so lower than prefix matching.
+//! `1 <= k <= q` (spec 7.4). On `[BOS] + X*4` its targets are exactly the definition's, so per
+//! sequence it equals the definition-mode prefix score times `3L / T` (diluted by the BOS and
+//! repeat-1 rows that have no target): a consistency check on the attention capture rather than
+//! independent information (the real-model test asserts the identity).
 
 pub mod ablation;
 
