@@ -523,21 +523,28 @@ pub fn direct_path(model: &Model, l: usize, ids: &[u32], mode: CopyMode) -> Resu
             o.reshape((t, h, hd))?.transpose(0, 1)?.contiguous()? // [H, T, hd]
         }
     };
+    // z[h][j][k] = (per_head[h][j] Wo_h^T (+ bo)) P^T u_k with P = project_out (identity if
+    // absent) and u_k the unembedding row of ids[k]. Associated as per_head (Wo_h^T M^T) with
+    // M = U_seq P [T, D], which costs H*T*hd*(D + T) instead of H*T*D*(hd + T) multiply-adds.
+    let u = model.head.unembed.index_select(&idt.squeeze(0)?, 0)?; // [T, E]: rows of the sequence's tokens
+    let m = match &model.head.project_out {
+        Some(p) => u.matmul(&p.weight)?, // [T, E] x [E, D]
+        None => u,
+    }; // [T, D]
+    let mt = m.t()?.contiguous()?; // [D, T]
     // out_proj weight [D, H*hd] -> per head [H, hd, D].
     let w = &attn.o.weight;
     let d = w.dims()[0];
     let wo = w.reshape((d, h, hd))?.permute((1, 2, 0))?.contiguous()?; // [H, hd, D]
-    let mut out = per_head.matmul(&wo)?; // [H, T, D]
+    let g = wo.broadcast_matmul(&mt)?; // [H, hd, T]
+    let mut z = per_head.matmul(&g)?; // [H, T, T]
     if mode == CopyMode::Authors {
         if let Some(b) = &attn.o.bias {
-            out = out.broadcast_add(b)?; // the full output bias, for every head (spec 9.11)
+            // the full output bias, for every head (spec 9.11): adds b . m_k to every row
+            let bz = b.unsqueeze(0)?.matmul(&mt)?; // [1, T]
+            z = z.broadcast_add(&bz)?;
         }
     }
-    if let Some(p) = &model.head.project_out {
-        out = p.forward(&out)?; // [H, T, E]
-    }
-    let u = model.head.unembed.index_select(&idt.squeeze(0)?, 0)?; // [T, E]: rows of the sequence's tokens
-    let z = out.broadcast_matmul(&u.t()?.contiguous()?)?; // [H, T, T]
     Ok((probs, z))
 }
 
