@@ -4,6 +4,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
+use headroom::io::write_atomic;
 use headroom::induction::{self, CopyMode, HeadStats, Lengths, PrefixMode, RankedHead, TokenPool};
 use headroom::tokenizer::Tokenizer;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -88,12 +89,6 @@ fn read_importance(path: &Path, nl: usize, nh: usize) -> Result<Vec<Vec<f64>>> {
         bail!("{}: importance must be {nl} layers x {nh} heads", path.display());
     }
     Ok(m)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 fn bar(n: u64, what: &str) -> ProgressBar {
@@ -183,7 +178,7 @@ pub fn run(args: InductionArgs, dev: &Device) -> Result<()> {
 
     let capacity = match &importance {
         Some(imp) => {
-            let ranking = induction::ranking_ascending(&induction::flatten(imp));
+            let ranking = headroom::prune::ascending_ranking(&induction::flatten(imp));
             let p = induction::capacity_retained(&induction::flatten(&prefix.mean), &ranking)?;
             let c = induction::capacity_retained(&induction::flatten(&copying.mean), &ranking);
             let c = match c {

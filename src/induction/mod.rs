@@ -609,18 +609,9 @@ pub fn top_heads(scores: &[Vec<f64>], k: usize) -> Vec<RankedHead> {
     all
 }
 
-/// Flattened (layer-major) head indices in ascending order of `importance` (least important
-/// first), stable: the paper's `argsort_ascending` (spec 7.5). NaN is treated as least important.
-pub fn ranking_ascending(importance: &[f64]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..importance.len()).collect();
-    let key = |x: f64| if x.is_nan() { f64::NEG_INFINITY } else { x };
-    order.sort_by(|&a, &b| key(importance[a]).total_cmp(&key(importance[b])));
-    order
-}
-
 /// Capacity retained (spec 7.5): with `C = sum(score)` and `ranking` = head indices least
-/// important first, entry `i` (i = 0..=N heads pruned) is `100 * sum_{r >= i} score[ranking[r]] / C`,
-/// so entry 0 is 100 and entry N is 0. `scores` is flattened layer-major like `ranking`.
+/// important first ([`ascending_ranking`], the pruning convention: stable, layer-major), entry
+/// `i` (i = 0..=N heads pruned) is `100 * sum_{r >= i} score[ranking[r]] / C`, so entry 0 is 100 and entry N is 0. `scores` is flattened layer-major like `ranking`.
 pub fn capacity_retained(scores: &[f64], ranking: &[usize]) -> Result<Vec<f64>> {
     let n = scores.len();
     if ranking.len() != n {
@@ -645,10 +636,7 @@ pub fn capacity_retained(scores: &[f64], ranking: &[usize]) -> Result<Vec<f64>> 
     Ok(out)
 }
 
-/// `[L][H]` -> layer-major flat vector.
-pub fn flatten(m: &[Vec<f64>]) -> Vec<f64> {
-    m.iter().flatten().copied().collect()
-}
+pub use crate::prune::{ascending_ranking, flatten};
 
 /// Median of a matrix's finite entries (NaN when there are none).
 pub fn median(m: &[Vec<f64>]) -> f64 {
@@ -791,7 +779,7 @@ mod tests {
     fn capacity_curve_runs_from_100_to_0_in_ranking_order() {
         let scores = [0.5, 0.0, 0.25, 0.25];
         let importance = [3.0, 1.0, 2.0, 0.0];
-        let r = ranking_ascending(&importance);
+        let r = ascending_ranking(&importance);
         assert_eq!(r, vec![3, 1, 2, 0]);
         let c = capacity_retained(&scores, &r).unwrap();
         assert_eq!(c, vec![100.0, 75.0, 75.0, 50.0, 0.0]);
