@@ -7,6 +7,7 @@
 //! - [`importance`]: gradient importance of heads and FFNs (spec 3.1).
 //! - [`compare`]: rank correlations, top-k overlap, cross-task/shot tables, bootstrap (spec 6).
 //! - [`plots`]: SVG + PNG figures (heatmaps, bars, curves) from plain data.
+//! - [`induction`]: prefix-matching and copying scores, capacity curves, induction-head ablation.
 //! - [`assets`]: the pinned default assets (`headroom fetch`).
 //! - [`io`]: JSONL reading with line numbers, atomic writes.
 //! - [`runs`]: run folders (manifest, hashed units, resume, shards, merge).
@@ -22,6 +23,7 @@ pub mod eval;
 pub mod formats;
 pub mod importance;
 pub mod io;
+pub mod induction;
 pub mod model;
 pub mod plots;
 pub mod prune;

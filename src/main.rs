@@ -32,6 +32,8 @@ enum Command {
     Fetch(cli::fetch::FetchArgs),
     /// Score every attention head and FFN block by gradient importance on a prompt file.
     Importance(cli::importance::ImportanceArgs),
+    /// Per-head prefix-matching and copying scores on random token sequences (induction heads).
+    Induction(cli::induction::InductionArgs),
     /// Print a model's architecture: family, layers, heads, sizes, parameters, dtypes.
     Inspect(cli::inspect::InspectArgs),
     /// Join shard run folders (from `--shard i/N` or a Slurm job array) into one.
@@ -67,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => cli::demo::run(a, &dev),
         Command::Fetch(a) => cli::fetch::run(a),
         Command::Importance(a) => cli::importance::run(a, &dev),
+        Command::Induction(a) => cli::induction::run(a, &dev),
         Command::Inspect(a) => cli::inspect::run(a, &dev),
         Command::Merge(a) => cli::merge::run(a),
         Command::Prune(a) => cli::prune::run(a, &dev),

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod eval;
 pub mod fetch;
 pub mod importance;
+pub mod induction;
 pub mod inspect;
 pub mod merge;
 pub mod next;
