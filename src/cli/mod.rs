@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod merge;
 pub mod next;
 pub mod prompts;
+pub mod report;
 pub mod tasks;
 
 use std::path::PathBuf;
