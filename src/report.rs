@@ -311,12 +311,12 @@ impl Builder {
                 let mut b = String::new();
                 if let Some(d) = m.get("data").and_then(Value::as_array) {
                     let items: Vec<String> = d.iter().map(|x| format!("<li><code>{}</code></li>", vnum(Some(x)))).collect();
-                    let _ = write!(b, "<h3>Data</h3><ul>{}</ul>\n", items.join(""));
+                    let _ = writeln!(b, "<h3>Data</h3><ul>{}</ul>", items.join(""));
                 }
                 if let Some(o) = m.get("options") {
-                    let _ = write!(b, "<h3>Options</h3><pre>{}</pre>\n", escape(&serde_json::to_string_pretty(o)?));
+                    let _ = writeln!(b, "<h3>Options</h3><pre>{}</pre>", escape(&serde_json::to_string_pretty(o)?));
                 }
-                let _ = write!(b, "<details><summary>manifest.json</summary><pre>{}</pre></details>\n", escape(&serde_json::to_string_pretty(m)?));
+                let _ = writeln!(b, "<details><summary>manifest.json</summary><pre>{}</pre></details>", escape(&serde_json::to_string_pretty(m)?));
                 b
             }
             None => self.absent(&["manifest.json"]),
@@ -494,7 +494,7 @@ impl Builder {
             }
             let rows = read_csv(&p)?;
             // (shots, ranking, metric) -> task -> [(pct, value)]
-            let mut g: BTreeMap<(usize, String, String), BTreeMap<String, Vec<(f64, f64)>>> = BTreeMap::new();
+            let mut g: BTreeMap<Key, BTreeMap<String, Vec<(f64, f64)>>> = BTreeMap::new();
             for r in &rows {
                 let k = s(r, "shots").parse::<usize>().unwrap_or(0);
                 g.entry((k, s(r, "ranking").into(), s(r, "metric").into())).or_default().entry(s(r, "task").into()).or_default().push((f(r, col), f(r, "value")));
@@ -533,7 +533,7 @@ impl Builder {
         let p = dir.join("combined.csv");
         let body = if p.exists() {
             let rows = read_csv(&p)?;
-            let mut g: BTreeMap<(usize, String, String), BTreeMap<(i64, i64), Vec<f64>>> = BTreeMap::new();
+            let mut g: BTreeMap<Key, BTreeMap<(i64, i64), Vec<f64>>> = BTreeMap::new();
             let mut tasks: BTreeMap<(usize, String, String), std::collections::BTreeSet<String>> = BTreeMap::new();
             for r in &rows {
                 let key = (s(r, "shots").parse::<usize>().unwrap_or(0), s(r, "ranking").to_string(), s(r, "metric").to_string());
@@ -651,7 +651,7 @@ impl Builder {
             b.push_str("<p class=\"missing\">No cross-shot table in compare.json (inputs not labelled TASK@K).</p>\n");
         }
         if let Some(o) = v.get("overlap").filter(|o| !o.is_null()) {
-            let _ = write!(b, "<p>Top-k overlap: k = {} of {} heads; expected overlap of random rankings {}.</p>\n", vnum(o.get("k")), vnum(o.get("n")), vnum(o.get("expected")));
+            let _ = writeln!(b, "<p>Top-k overlap: k = {} of {} heads; expected overlap of random rankings {}.</p>", vnum(o.get("k")), vnum(o.get("n")), vnum(o.get("expected")));
         }
         self.section("Rank correlations", b);
         Ok(())
@@ -696,7 +696,7 @@ impl Builder {
             b.push_str(&table(&["rank", "prefix matching", "score", "copying", "score"], &rows));
         }
         if let Some(o) = v.get("options") {
-            let _ = write!(b, "<details><summary>induction options</summary><pre>{}</pre></details>\n", escape(&serde_json::to_string_pretty(o)?));
+            let _ = writeln!(b, "<details><summary>induction options</summary><pre>{}</pre></details>", escape(&serde_json::to_string_pretty(o)?));
         }
         self.section("Induction heads", b);
 
@@ -753,22 +753,25 @@ impl Builder {
         let mut h = String::new();
         h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
         h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
-        let _ = write!(h, "<title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>\n", escape(&self.title));
+        let _ = writeln!(h, "<title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>", escape(&self.title));
         let _ = write!(h, "<h1>{}</h1>\n<nav><ul>", escape(&self.title));
         for (t, id, _) in &self.sections {
             let _ = write!(h, "<li><a href=\"#{id}\">{}</a></li>", escape(t));
         }
         h.push_str("</ul></nav>\n");
         if !self.missing.is_empty() {
-            let _ = write!(h, "<p class=\"missing\">{} part(s) of a full run are missing; each section says which.</p>\n", self.missing.len());
+            let _ = writeln!(h, "<p class=\"missing\">{} part(s) of a full run are missing; each section says which.</p>", self.missing.len());
         }
         for (t, id, body) in &self.sections {
-            let _ = write!(h, "<section id=\"{id}\">\n<h2>{}</h2>\n{body}</section>\n", escape(t));
+            let _ = writeln!(h, "<section id=\"{id}\">\n<h2>{}</h2>\n{body}</section>", escape(t));
         }
         h.push_str("<footer>Written by headroom; figures are also in <code>figures/</code> as SVG and PNG.</footer>\n</body>\n</html>\n");
         h
     }
 }
+
+/// (shots, ranking, metric) of a sweep curve.
+type Key = (usize, String, String);
 
 fn slug(s: &str) -> String {
     let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
