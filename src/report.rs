@@ -651,7 +651,17 @@ impl Builder {
             b.push_str("<p class=\"missing\">No cross-shot table in compare.json (inputs not labelled TASK@K).</p>\n");
         }
         if let Some(o) = v.get("overlap").filter(|o| !o.is_null()) {
-            let _ = writeln!(b, "<p>Top-k overlap: k = {} of {} heads; expected overlap of random rankings {}.</p>", vnum(o.get("k")), vnum(o.get("n")), vnum(o.get("expected")));
+            let _ = writeln!(b, "<p>Top-k overlap |Top(A) ∩ Top(B)| / k: k = {} of {} heads; expected overlap of random rankings {}.</p>", vnum(o.get("k")), vnum(o.get("n")), vnum(o.get("expected")));
+            let labels = o.get("labels").and_then(Value::as_array);
+            if let (Some(labels), Some(m)) = (labels, matrix(o.get("overlap"))) {
+                let labels: Vec<String> = labels.iter().map(|l| l.as_str().map(String::from).unwrap_or_else(|| l.to_string())).collect();
+                let pct = o.get("frac").and_then(Value::as_f64).map_or(String::new(), |f| format!("-{:.0}%", f * 100.0));
+                let title = plots::title(&format!("Top{pct} head overlap"), &model, "", None);
+                let mut h = Heatmap::correlation(&title, &labels, &m, "overlap");
+                h.scale = plots::ColorScale::Sequential;
+                h.range = Some((0.0, 1.0));
+                b.push_str(&self.figure(&h, "overlap", &title));
+            }
         }
         self.section("Rank correlations", b);
         Ok(())

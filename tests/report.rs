@@ -72,7 +72,7 @@ fn synthetic_run(dir: &Path) {
     write(
         &dir.join("compare/compare.json"),
         &json!({"method": "spearman", "statistic": "Spearman rho", "correlation": {"labels": labels, "rho": rho, "p_value": rho, "n": 16},
-                "overlap": {"k": 4, "n": 16, "expected": 0.25},
+                "overlap": {"labels": labels, "frac": 0.3, "k": 4, "n": 16, "expected": 0.25, "overlap": rho, "shared": [], "p_value": rho},
                 "cross_shot": {"shots": [0, 1], "mean": [[1.0, 0.42], [0.42, 1.0]], "variance": [[0.0, 0.01], [0.01, 0.0]], "n_tasks": [[2, 2], [2, 2]], "max_p_value": [[0.0, 0.03], [0.03, 0.0]], "per_task": []}})
         .to_string(),
     );
@@ -111,8 +111,9 @@ fn keep_dir() -> (Option<tempfile::TempDir>, PathBuf) {
 }
 
 /// Expected figures: 4 head heatmaps + 2 aggregates, 4 FFN bars + 2 aggregates, 2 pruning plots
-/// (heads) + 2 (FFNs), 2 combined grids, 4 oracle bars, 1 SRCC, 2 induction heatmaps, 1 capacity.
-const FIGURES: usize = 6 + 6 + 4 + 2 + 4 + 1 + 2 + 1;
+/// (heads) + 2 (FFNs), 2 combined grids, 4 oracle bars, SRCC + overlap, 2 induction heatmaps,
+/// 1 capacity.
+const FIGURES: usize = 6 + 6 + 4 + 2 + 4 + 2 + 2 + 1;
 
 fn check_html(html: &str) {
     assert!(html.starts_with("<!DOCTYPE html>"), "no doctype");
