@@ -13,6 +13,7 @@
 //! - [`runs`]: run folders (manifest, hashed units, resume, shards, merge).
 //! - [`prune`]: rankings, cumulative masks, sweeps, FFN oracle, inflection points.
 //! - [`tasks`]: the paper's tasks and user TOML tasks, splits, k-shot prompts, importance prompts.
+//! - [`report`]: one self-contained HTML page from a run folder.
 //! - [`eval`]: few-shot scoring (shared-prefix tree batches) and metrics.
 //!
 //! Every stage is a function over plain data; the binary in `src/main.rs` is a thin CLI.
@@ -27,6 +28,7 @@ pub mod induction;
 pub mod model;
 pub mod plots;
 pub mod prune;
+pub mod report;
 pub mod runs;
 pub mod tasks;
 pub mod tokenizer;

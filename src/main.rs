@@ -45,6 +45,8 @@ enum Command {
     Next(cli::next::NextArgs),
     /// Export a task's importance prompts as `{"context", "continuation"}` JSONL.
     Prompts(cli::prompts::PromptsArgs),
+    /// One self-contained HTML page (figures inlined, tables, manifest, deviations) from a run folder.
+    Report(cli::report::ReportArgs),
     /// List the built-in tasks, their splits and whether their data is present.
     Tasks(cli::tasks::TasksArgs),
 }
@@ -76,6 +78,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Next(a) => cli::next::run(a, &dev),
         Command::Eval(a) => cli::eval::run(a, &dev),
         Command::Prompts(a) => cli::prompts::run(a),
+        Command::Report(a) => cli::report::run(a),
         Command::Tasks(a) => cli::tasks::run(a),
     }
 }

@@ -12,6 +12,7 @@ pub mod merge;
 pub mod next;
 pub mod prune;
 pub mod prompts;
+pub mod report;
 pub mod tasks;
 
 use std::path::PathBuf;

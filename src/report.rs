@@ -1,0 +1,840 @@
+//! One self-contained HTML page from a run folder (`headroom report RUN_DIR`).
+//!
+//! Every part of the run folder is optional: a section is rendered for what exists and says which
+//! files it looked for when they are missing. Figures are drawn with [`crate::plots`] into
+//! `RUN/figures/*.svg|png` and the SVGs are inlined, so the page needs no network and no other
+//! file to render (no external CSS, JS or fonts). The tidy CSVs are linked relatively.
+//!
+//! Layout read (see issue 7):
+//! ```text
+//! manifest.json, deviations.json
+//! importance/<task>.<k>shot.json         {heads [L][H], ffns [L], ...}
+//! sweeps/{heads,ffns,combined}.csv       task,shots,ranking,heads_pct,ffns_pct,metric,value,n,stderr
+//! sweeps/inflection.csv                  task,shots,ranking,kind,inflection_pct,tolerance,base_value
+//! ffn_oracle/<task>.<k>shot.json         {base, without, diffs, order, gradient_srcc, note}
+//! eval/<task>.<k>shot.json               EvalSummary (+ model, mask)
+//! induction/induction.json               {prefix {mean}, copying {mean}, top_prefix, top_copying, capacity}
+//! compare/compare.json                   {correlation {labels, rho}, cross_shot {...}, overlap}
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::plots::{self, BarPlot, Heatmap, LinePlot, Plot, Series};
+
+/// What [`build`] wrote.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The HTML file.
+    pub html: PathBuf,
+    /// Section titles, in page order.
+    pub sections: Vec<String>,
+    /// SVG files inlined in the page (their PNG twins sit beside them).
+    pub figures: Vec<PathBuf>,
+    /// Parts of the run folder that were absent (relative paths), for the caller to print.
+    pub missing: Vec<String>,
+}
+
+/// The section titles a full run folder produces, in page order (tests check these).
+pub const SECTIONS: &[&str] = &[
+    "Run",
+    "Manifest and options",
+    "Deviations from the paper",
+    "Baseline accuracy",
+    "Head importance",
+    "FFN importance",
+    "Accuracy vs pruning",
+    "Combined pruning grid",
+    "Inflection points",
+    "FFN oracle vs gradient",
+    "Rank correlations",
+    "Induction heads",
+    "Capacity retained",
+    "Data files",
+];
+
+/// Reads `run`, renders the figures into `run/figures`, writes the page to `out`.
+pub fn build(run: &Path, out: &Path) -> Result<Report> {
+    anyhow::ensure!(run.is_dir(), "{} is not a folder", run.display());
+    let mut b = Builder { run: run.to_path_buf(), figdir: run.join("figures"), out: out.to_path_buf(), ..Default::default() };
+    b.collect()?;
+    let html = b.page();
+    crate::io::write_atomic(out, html.as_bytes())?;
+    Ok(Report { html: out.to_path_buf(), sections: b.sections.iter().map(|s| s.0.clone()).collect(), figures: b.figures, missing: b.missing })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Text helpers.
+// ------------------------------------------------------------------------------------------------
+
+/// Escapes text for HTML element content and double-quoted attributes.
+pub fn escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn num(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else if v == v.trunc() && v.abs() < 1e9 {
+        format!("{v:.0}")
+    } else if v.abs() >= 0.001 || v == 0.0 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+fn vnum(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::Number(n)) => num(n.as_f64().unwrap_or(f64::NAN)),
+        Some(Value::String(s)) => escape(s),
+        Some(Value::Null) | None => "–".into(),
+        Some(other) => escape(&other.to_string()),
+    }
+}
+
+fn table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut s = String::from("<table><thead><tr>");
+    for h in head {
+        let _ = write!(s, "<th>{}</th>", escape(h));
+    }
+    s.push_str("</tr></thead><tbody>\n");
+    for r in rows {
+        s.push_str("<tr>");
+        for c in r {
+            let _ = write!(s, "<td>{c}</td>");
+        }
+        s.push_str("</tr>\n");
+    }
+    s.push_str("</tbody></table>\n");
+    s
+}
+
+fn matrix(v: Option<&Value>) -> Option<Vec<Vec<f64>>> {
+    let rows = v?.as_array()?;
+    let m: Option<Vec<Vec<f64>>> = rows
+        .iter()
+        .map(|r| r.as_array().map(|r| r.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()))
+        .collect();
+    m.filter(|m| !m.is_empty() && m.iter().all(|r| r.len() == m[0].len() && !r.is_empty()))
+}
+
+fn vector(v: Option<&Value>) -> Option<Vec<f64>> {
+    let v: Vec<f64> = v?.as_array()?.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect();
+    (!v.is_empty()).then_some(v)
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let t = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&t).with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// `<task>.<k>shot.json` files of a folder, sorted by (task, k).
+fn unit_files(dir: &Path) -> Vec<(String, usize, PathBuf)> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return v };
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(stem) = name.strip_suffix("shot.json") else { continue };
+        let Some((task, k)) = stem.rsplit_once('.') else { continue };
+        if let Ok(k) = k.parse::<usize>() {
+            v.push((task.to_string(), k, p));
+        }
+    }
+    v.sort();
+    v
+}
+
+/// A tiny CSV reader (header + rows, RFC 4180 quotes).
+fn read_csv(path: &Path) -> Result<Vec<BTreeMap<String, String>>> {
+    let t = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = t.lines().filter(|l| !l.trim().is_empty());
+    let Some(h) = lines.next() else { return Ok(vec![]) };
+    let head = split_csv(h);
+    Ok(lines.map(|l| head.iter().cloned().zip(split_csv(l)).collect()).collect())
+}
+
+fn split_csv(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut q = false;
+    let mut it = line.chars().peekable();
+    while let Some(c) = it.next() {
+        match (c, q) {
+            ('"', true) if it.peek() == Some(&'"') => {
+                cur.push('"');
+                it.next();
+            }
+            ('"', _) => q = !q,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+fn f(row: &BTreeMap<String, String>, k: &str) -> f64 {
+    row.get(k).and_then(|s| s.trim().parse().ok()).unwrap_or(f64::NAN)
+}
+
+fn s<'a>(row: &'a BTreeMap<String, String>, k: &str) -> &'a str {
+    row.get(k).map(String::as_str).unwrap_or("")
+}
+
+/// Days since 1970-01-01 -> (y, m, d) (Howard Hinnant's civil_from_days).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn now_utc() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let (y, m, d) = civil(t.div_euclid(86_400));
+    let r = t.rem_euclid(86_400);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", r / 3600, r / 60 % 60)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The page.
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Builder {
+    run: PathBuf,
+    figdir: PathBuf,
+    out: PathBuf,
+    model: String,
+    title: String,
+    /// (title, id, body html).
+    sections: Vec<(String, String, String)>,
+    figures: Vec<PathBuf>,
+    missing: Vec<String>,
+    /// Split / pool facts found in eval and importance files (deviations).
+    split_notes: Vec<String>,
+}
+
+impl Builder {
+    fn section(&mut self, title: &str, body: String) {
+        let id = title.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+        self.sections.push((title.to_string(), id, body));
+    }
+
+    fn absent(&mut self, what: &[&str]) -> String {
+        for w in what {
+            self.missing.push(w.to_string());
+        }
+        let list: Vec<String> = what.iter().map(|w| format!("<code>{}</code>", escape(w))).collect();
+        format!("<p class=\"missing\">Not in this run: {}.</p>\n", list.join(", "))
+    }
+
+    /// Renders a figure and returns its inlined SVG in a `<figure>`.
+    fn figure(&mut self, plot: &impl Plot, name: &str, caption: &str) -> String {
+        let stem = self.figdir.join(name);
+        match plots::render(plot, &stem).and_then(|r| {
+            let svg = std::fs::read_to_string(&r.svg)?;
+            Ok((r, svg))
+        }) {
+            Ok((r, svg)) => {
+                self.figures.push(r.svg.clone());
+                let svg = inline_svg(&svg);
+                let png = rel(&self.out, &r.png);
+                format!(
+                    "<figure>{svg}<figcaption>{} · <a href=\"{}\">PNG</a></figcaption></figure>\n",
+                    escape(caption),
+                    escape(&png)
+                )
+            }
+            Err(e) => format!("<p class=\"missing\">Could not draw {}: {}</p>\n", escape(name), escape(&format!("{e:#}"))),
+        }
+    }
+
+    fn collect(&mut self) -> Result<()> {
+        let manifest = {
+            let p = self.run.join("manifest.json");
+            if p.exists() { Some(read_json(&p)?) } else { None }
+        };
+        self.model = manifest
+            .as_ref()
+            .and_then(|m| m.pointer("/model/path"))
+            .and_then(Value::as_str)
+            .map(|p| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string()))
+            .unwrap_or_default();
+        self.title = if self.model.is_empty() { "headroom report".into() } else { format!("headroom report — {}", self.model) };
+
+        // Run.
+        let mut rows = vec![];
+        if let Some(m) = &manifest {
+            rows.push(vec!["model".into(), format!("<code>{}</code>", vnum(m.pointer("/model/path")))]);
+            rows.push(vec!["sha256".into(), format!("<code>{}</code>", vnum(m.pointer("/model/sha256")))]);
+            rows.push(vec!["tool".into(), vnum(m.get("tool"))]);
+        }
+        rows.push(vec!["run folder".into(), format!("<code>{}</code>", escape(&self.run.display().to_string()))]);
+        rows.push(vec!["report generated".into(), escape(&now_utc())]);
+        rows.push(vec!["report tool".into(), escape(concat!("headroom ", env!("CARGO_PKG_VERSION")))]);
+        let mut body = String::from("<table class=\"kv\"><tbody>\n");
+        for r in &rows {
+            let _ = writeln!(body, "<tr><th>{}</th><td>{}</td></tr>", r[0], r[1]);
+        }
+        body.push_str("</tbody></table>\n");
+        if manifest.is_none() {
+            body.push_str(&self.absent(&["manifest.json"]));
+        }
+        self.section("Run", body);
+
+        // Manifest.
+        let body = match &manifest {
+            Some(m) => {
+                let mut b = String::new();
+                if let Some(d) = m.get("data").and_then(Value::as_array) {
+                    let items: Vec<String> = d.iter().map(|x| format!("<li><code>{}</code></li>", vnum(Some(x)))).collect();
+                    let _ = writeln!(b, "<h3>Data</h3><ul>{}</ul>", items.join(""));
+                }
+                if let Some(o) = m.get("options") {
+                    let _ = writeln!(b, "<h3>Options</h3><pre>{}</pre>", escape(&serde_json::to_string_pretty(o)?));
+                }
+                let _ = writeln!(b, "<details><summary>manifest.json</summary><pre>{}</pre></details>", escape(&serde_json::to_string_pretty(m)?));
+                b
+            }
+            None => self.absent(&["manifest.json"]),
+        };
+        self.section("Manifest and options", body);
+
+        // Load the unit files first: the deviations section gathers split info from them.
+        let evals: Vec<(String, usize, Value)> = unit_files(&self.run.join("eval"))
+            .into_iter()
+            .filter_map(|(t, k, p)| read_json(&p).ok().map(|v| (t, k, v)))
+            .collect();
+        let imps: Vec<(String, usize, Value)> = unit_files(&self.run.join("importance"))
+            .into_iter()
+            .filter_map(|(t, k, p)| read_json(&p).ok().map(|v| (t, k, v)))
+            .collect();
+        for (t, k, v) in evals.iter().chain(imps.iter()) {
+            if let Some(sp) = v.get("split") {
+                let mode = sp.get("mode").and_then(Value::as_str).unwrap_or("");
+                let pool = sp.get("pool_source").and_then(Value::as_str).unwrap_or("");
+                let eval = sp.get("eval_source").and_then(Value::as_str).unwrap_or("");
+                let notes: Vec<&str> = sp.get("notes").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                if !mode.eq_ignore_ascii_case("train") || !notes.is_empty() {
+                    let mut n = format!("{t} {k}-shot: split mode {mode}; evaluation on {eval}, demonstration/importance pool from {pool}");
+                    if let Some(fr) = sp.get("pool_fraction").and_then(Value::as_f64) {
+                        let _ = write!(n, " (pool fraction {fr}, seed {})", vnum(sp.get("holdout_seed")));
+                    }
+                    for x in notes {
+                        let _ = write!(n, "; {x}");
+                    }
+                    if !self.split_notes.contains(&n) {
+                        self.split_notes.push(n);
+                    }
+                }
+            }
+        }
+
+        // Deviations.
+        let dev_path = self.run.join("deviations.json");
+        let mut devs: Vec<String> = vec![];
+        if dev_path.exists() {
+            match read_json(&dev_path)? {
+                Value::Array(a) => devs.extend(a.iter().map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string()))),
+                other => devs.push(other.to_string()),
+            }
+        }
+        let mut body = String::new();
+        if devs.is_empty() && self.split_notes.is_empty() {
+            body.push_str("<p>No deviations recorded.</p>\n");
+        }
+        if !devs.is_empty() {
+            body.push_str("<ul>");
+            for d in &devs {
+                let _ = write!(body, "<li>{}</li>", escape(d));
+            }
+            body.push_str("</ul>\n");
+        }
+        if !self.split_notes.is_empty() {
+            body.push_str("<h3>Splits that differ from the paper's (train pool, validation evaluation)</h3><ul>");
+            for d in self.split_notes.clone() {
+                let _ = write!(body, "<li>{}</li>", escape(&d));
+            }
+            body.push_str("</ul>\n");
+        }
+        if !dev_path.exists() {
+            body.push_str(&self.absent(&["deviations.json"]));
+        }
+        self.section("Deviations from the paper", body);
+
+        self.baseline(&evals);
+        self.importance(&imps);
+        self.sweeps()?;
+        self.oracle();
+        self.compare()?;
+        self.induction()?;
+        self.data_files();
+        Ok(())
+    }
+
+    fn baseline(&mut self, evals: &[(String, usize, Value)]) {
+        if evals.is_empty() {
+            let b = self.absent(&["eval/<task>.<k>shot.json"]);
+            self.section("Baseline accuracy", b);
+            return;
+        }
+        let rows: Vec<Vec<String>> = evals
+            .iter()
+            .map(|(t, k, v)| {
+                let value = v.get("value").or_else(|| v.get("acc"));
+                let mask = match v.get("mask") {
+                    Some(Value::Object(m)) => format!("{} heads, {} FFNs removed", vnum(m.get("heads_removed")), vnum(m.get("ffns_removed"))),
+                    _ => "none".into(),
+                };
+                vec![
+                    escape(t),
+                    k.to_string(),
+                    vnum(v.get("metric")),
+                    format!("<b>{}</b>", vnum(value)),
+                    vnum(v.get("stderr")),
+                    vnum(v.get("n")),
+                    vnum(v.pointer("/split/mode")),
+                    vnum(v.pointer("/split/eval_source")),
+                    vnum(v.pointer("/split/pool_source")),
+                    mask,
+                ]
+            })
+            .collect();
+        let b = table(&["task", "shots", "metric", "value", "stderr", "n", "split", "evaluated on", "pool", "mask"], &rows);
+        self.section("Baseline accuracy", b);
+    }
+
+    fn importance(&mut self, imps: &[(String, usize, Value)]) {
+        if imps.is_empty() {
+            let b = self.absent(&["importance/<task>.<k>shot.json"]);
+            self.section("Head importance", b.clone());
+            self.section("FFN importance", b);
+            return;
+        }
+        let model = self.model.clone();
+        let mut heads_html = String::from("<p>Gradient importance of each attention head (spec 3.1); higher = more important. The aggregate is the mean of the raw matrices over tasks at each shot count.</p>\n<div class=\"grid\">");
+        let mut ffn_html = String::from("<div class=\"grid\">");
+        let mut by_shot: BTreeMap<usize, Vec<Vec<Vec<f64>>>> = BTreeMap::new();
+        let mut ffn_by_shot: BTreeMap<usize, Vec<Vec<f64>>> = BTreeMap::new();
+        for (t, k, v) in imps {
+            if let Some(h) = matrix(v.get("heads")) {
+                let title = plots::title("Head importance", &model, t, Some(*k));
+                heads_html.push_str(&self.figure(&Heatmap::heads(&title, &h, "importance"), &format!("heads-{t}-{k}shot"), &title));
+                by_shot.entry(*k).or_default().push(h);
+            }
+            if let Some(ff) = vector(v.get("ffns")) {
+                let title = plots::title("FFN importance", &model, t, Some(*k));
+                ffn_html.push_str(&self.figure(&BarPlot::ffns(&title, &ff, "importance"), &format!("ffns-{t}-{k}shot"), &title));
+                ffn_by_shot.entry(*k).or_default().push(ff);
+            }
+        }
+        for (k, ms) in &by_shot {
+            if ms.len() < 2 || ms.iter().any(|m| m.len() != ms[0].len() || m[0].len() != ms[0][0].len()) {
+                continue;
+            }
+            let mean: Vec<Vec<f64>> = (0..ms[0].len())
+                .map(|l| (0..ms[0][0].len()).map(|h| ms.iter().map(|m| m[l][h]).sum::<f64>() / ms.len() as f64).collect())
+                .collect();
+            let title = plots::title(&format!("Head importance, mean of {} tasks", ms.len()), &model, "", Some(*k));
+            heads_html.push_str(&self.figure(&Heatmap::heads(&title, &mean, "mean importance"), &format!("heads-aggregate-{k}shot"), &title));
+        }
+        for (k, vs) in &ffn_by_shot {
+            if vs.len() < 2 || vs.iter().any(|v| v.len() != vs[0].len()) {
+                continue;
+            }
+            let mean: Vec<f64> = (0..vs[0].len()).map(|l| vs.iter().map(|v| v[l]).sum::<f64>() / vs.len() as f64).collect();
+            let title = plots::title(&format!("FFN importance, mean of {} tasks", vs.len()), &model, "", Some(*k));
+            ffn_html.push_str(&self.figure(&BarPlot::ffns(&title, &mean, "mean importance"), &format!("ffns-aggregate-{k}shot"), &title));
+        }
+        heads_html.push_str("</div>\n");
+        ffn_html.push_str("</div>\n");
+        let rows: Vec<Vec<String>> = imps
+            .iter()
+            .map(|(t, k, v)| vec![escape(t), k.to_string(), vnum(v.get("examples")), vnum(v.get("mean_loss")), vnum(v.pointer("/options/abs_mode")), vnum(v.pointer("/options/normalize"))])
+            .collect();
+        heads_html.push_str(&table(&["task", "shots", "examples", "mean loss", "abs mode", "normalize"], &rows));
+        self.section("Head importance", heads_html);
+        self.section("FFN importance", ffn_html);
+    }
+
+    fn sweeps(&mut self) -> Result<()> {
+        let model = self.model.clone();
+        let dir = self.run.join("sweeps");
+        // Accuracy vs pruning.
+        let mut body = String::new();
+        let mut miss = vec![];
+        for (file, what, col) in [("heads.csv", "heads", "heads_pct"), ("ffns.csv", "FFNs", "ffns_pct")] {
+            let p = dir.join(file);
+            if !p.exists() {
+                miss.push(format!("sweeps/{file}"));
+                continue;
+            }
+            let rows = read_csv(&p)?;
+            // (shots, ranking, metric) -> task -> [(pct, value)]
+            let mut g: BTreeMap<Key, BTreeMap<String, Vec<(f64, f64)>>> = BTreeMap::new();
+            for r in &rows {
+                let k = s(r, "shots").parse::<usize>().unwrap_or(0);
+                g.entry((k, s(r, "ranking").into(), s(r, "metric").into())).or_default().entry(s(r, "task").into()).or_default().push((f(r, col), f(r, "value")));
+            }
+            body.push_str("<div class=\"grid\">");
+            for ((k, ranking, metric), tasks) in g {
+                let mut series = vec![];
+                let mut acc: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+                for (t, mut pts) in tasks.clone() {
+                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    for &(x, y) in &pts {
+                        acc.entry((x * 1000.0).round() as i64).or_default().push(y);
+                    }
+                    series.push(Series::new(t, pts.iter().map(|p| p.0).collect(), pts.iter().map(|p| p.1).collect()));
+                }
+                let n = tasks.len();
+                let avg = (n > 1).then(|| {
+                    let pts: Vec<(f64, f64)> = acc.iter().filter(|(_, v)| v.len() == n).map(|(x, v)| (*x as f64 / 1000.0, v.iter().sum::<f64>() / n as f64)).collect();
+                    Series::new("average", pts.iter().map(|p| p.0).collect(), pts.iter().map(|p| p.1).collect())
+                });
+                let title = plots::title(&format!("{metric} vs % {what} pruned ({ranking} ranking)"), &model, "", Some(k));
+                let mut lp = LinePlot::pruning(&title, what, series, avg);
+                lp.y_label = metric.clone();
+                let name = format!("prune-{}-{k}shot-{}", what.to_lowercase(), slug(&ranking));
+                body.push_str(&self.figure(&lp, &name, &title));
+            }
+            body.push_str("</div>\n");
+        }
+        if !miss.is_empty() {
+            let m: Vec<&str> = miss.iter().map(String::as_str).collect();
+            body.push_str(&self.absent(&m));
+        }
+        self.section("Accuracy vs pruning", body);
+
+        // Combined grid.
+        let p = dir.join("combined.csv");
+        let body = if p.exists() {
+            let rows = read_csv(&p)?;
+            let mut g: BTreeMap<Key, BTreeMap<(i64, i64), Vec<f64>>> = BTreeMap::new();
+            let mut tasks: BTreeMap<(usize, String, String), std::collections::BTreeSet<String>> = BTreeMap::new();
+            for r in &rows {
+                let key = (s(r, "shots").parse::<usize>().unwrap_or(0), s(r, "ranking").to_string(), s(r, "metric").to_string());
+                let cell = ((f(r, "heads_pct") * 1000.0).round() as i64, (f(r, "ffns_pct") * 1000.0).round() as i64);
+                g.entry(key.clone()).or_default().entry(cell).or_default().push(f(r, "value"));
+                tasks.entry(key).or_default().insert(s(r, "task").to_string());
+            }
+            let mut b = String::from("<p>Accuracy with the least important heads and FFNs removed together, averaged over tasks.</p><div class=\"grid\">");
+            for (key, cells) in g {
+                let mut hs: Vec<i64> = cells.keys().map(|c| c.0).collect();
+                let mut fs: Vec<i64> = cells.keys().map(|c| c.1).collect();
+                hs.sort_unstable();
+                hs.dedup();
+                fs.sort_unstable();
+                fs.dedup();
+                let vals: Vec<Vec<f64>> = hs
+                    .iter()
+                    .map(|h| fs.iter().map(|fp| cells.get(&(*h, *fp)).map_or(f64::NAN, |v| v.iter().sum::<f64>() / v.len() as f64)).collect())
+                    .collect();
+                let n = tasks[&key].len();
+                let (k, ranking, metric) = key;
+                let title = plots::title(&format!("Combined pruning, mean {metric} over {n} tasks ({ranking})"), &model, "", Some(k));
+                let hp: Vec<f64> = hs.iter().map(|x| *x as f64 / 1000.0).collect();
+                let fp: Vec<f64> = fs.iter().map(|x| *x as f64 / 1000.0).collect();
+                b.push_str(&self.figure(&Heatmap::grid(&title, &hp, &fp, &vals, metric.clone()), &format!("combined-{k}shot-{}", slug(&ranking)), &title));
+            }
+            b.push_str("</div>\n");
+            b
+        } else {
+            self.absent(&["sweeps/combined.csv"])
+        };
+        self.section("Combined pruning grid", body);
+
+        // Inflection.
+        let p = dir.join("inflection.csv");
+        let body = if p.exists() {
+            let rows = read_csv(&p)?;
+            let cols = ["task", "shots", "ranking", "kind", "inflection_pct", "tolerance", "base_value"];
+            let t: Vec<Vec<String>> = rows.iter().map(|r| cols.iter().map(|c| escape(s(r, c))).collect()).collect();
+            format!(
+                "<p>The largest % pruned up to which accuracy stays within the tolerance of the unpruned value.</p>{}",
+                table(&["task", "shots", "ranking", "kind", "inflection %", "tolerance", "unpruned value"], &t)
+            )
+        } else {
+            self.absent(&["sweeps/inflection.csv"])
+        };
+        self.section("Inflection points", body);
+        Ok(())
+    }
+
+    fn oracle(&mut self) {
+        let files = unit_files(&self.run.join("ffn_oracle"));
+        if files.is_empty() {
+            let b = self.absent(&["ffn_oracle/<task>.<k>shot.json"]);
+            self.section("FFN oracle vs gradient", b);
+            return;
+        }
+        let model = self.model.clone();
+        let mut rows = vec![];
+        let mut figs = String::from("<div class=\"grid\">");
+        for (t, k, p) in files {
+            let Ok(v) = read_json(&p) else { continue };
+            let order = v.get("order").and_then(Value::as_array).map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+            rows.push(vec![escape(&t), k.to_string(), vnum(v.get("base")), format!("<b>{}</b>", vnum(v.get("gradient_srcc"))), escape(&order), vnum(v.get("note"))]);
+            if let Some(d) = vector(v.get("diffs")) {
+                let title = plots::title("FFN oracle: drop without each FFN", &model, &t, Some(k));
+                let mut bp = BarPlot::ffns(&title, &d, "base − accuracy without FFN");
+                bp.series[0].label = "oracle".into();
+                figs.push_str(&self.figure(&bp, &format!("oracle-{t}-{k}shot"), &title));
+            }
+        }
+        figs.push_str("</div>\n");
+        let b = format!(
+            "<p>The oracle removes one FFN at a time and measures the accuracy drop; SRCC is its rank correlation with the gradient FFN importance.</p>{}{}",
+            table(&["task", "shots", "base", "SRCC (oracle vs gradient)", "oracle order", "note"], &rows),
+            figs
+        );
+        self.section("FFN oracle vs gradient", b);
+    }
+
+    fn compare(&mut self) -> Result<()> {
+        let p = self.run.join("compare/compare.json");
+        if !p.exists() {
+            let b = self.absent(&["compare/compare.json"]);
+            self.section("Rank correlations", b);
+            return Ok(());
+        }
+        let v = read_json(&p)?;
+        let model = self.model.clone();
+        let statistic = v.get("statistic").and_then(Value::as_str).unwrap_or("rank correlation").to_string();
+        let mut b = format!("<p>Statistic: <b>{}</b>.</p>\n", escape(&statistic));
+        if let (Some(labels), Some(rho)) = (v.pointer("/correlation/labels").and_then(Value::as_array), matrix(v.pointer("/correlation/rho"))) {
+            let labels: Vec<String> = labels.iter().map(|l| l.as_str().map(String::from).unwrap_or_else(|| l.to_string())).collect();
+            let title = plots::title(&statistic, &model, "", None);
+            b.push_str(&self.figure(&Heatmap::correlation(&title, &labels, &rho, "rho"), "srcc", &title));
+        }
+        if let Some(cs) = v.get("cross_shot").filter(|c| !c.is_null()) {
+            let shots: Vec<String> = cs.get("shots").and_then(Value::as_array).map(|a| a.iter().map(|x| x.to_string()).collect()).unwrap_or_default();
+            let mut rows = vec![];
+            for a in 0..shots.len() {
+                for bb in a + 1..shots.len() {
+                    rows.push(vec![
+                        format!("{}-shot", escape(&shots[a])),
+                        format!("{}-shot", escape(&shots[bb])),
+                        format!("<b>{}</b>", vnum(cs.pointer(&format!("/mean/{a}/{bb}")))),
+                        vnum(cs.pointer(&format!("/variance/{a}/{bb}"))),
+                        vnum(cs.pointer(&format!("/n_tasks/{a}/{bb}"))),
+                        vnum(cs.pointer(&format!("/max_p_value/{a}/{bb}"))),
+                    ]);
+                }
+            }
+            b.push_str("<h3>Cross-shot correlation (spec Table 1)</h3>");
+            b.push_str(&table(&["shots A", "shots B", "mean over tasks", "variance", "tasks", "max p-value"], &rows));
+        } else {
+            b.push_str("<p class=\"missing\">No cross-shot table in compare.json (inputs not labelled TASK@K).</p>\n");
+        }
+        if let Some(o) = v.get("overlap").filter(|o| !o.is_null()) {
+            let _ = writeln!(b, "<p>Top-k overlap |Top(A) ∩ Top(B)| / k: k = {} of {} heads; expected overlap of random rankings {}.</p>", vnum(o.get("k")), vnum(o.get("n")), vnum(o.get("expected")));
+            let labels = o.get("labels").and_then(Value::as_array);
+            if let (Some(labels), Some(m)) = (labels, matrix(o.get("overlap"))) {
+                let labels: Vec<String> = labels.iter().map(|l| l.as_str().map(String::from).unwrap_or_else(|| l.to_string())).collect();
+                let pct = o.get("frac").and_then(Value::as_f64).map_or(String::new(), |f| format!("-{:.0}%", f * 100.0));
+                let title = plots::title(&format!("Top{pct} head overlap"), &model, "", None);
+                let mut h = Heatmap::correlation(&title, &labels, &m, "overlap");
+                h.scale = plots::ColorScale::Sequential;
+                h.range = Some((0.0, 1.0));
+                b.push_str(&self.figure(&h, "overlap", &title));
+            }
+        }
+        self.section("Rank correlations", b);
+        Ok(())
+    }
+
+    fn induction(&mut self) -> Result<()> {
+        let p = self.run.join("induction/induction.json");
+        if !p.exists() {
+            let b = self.absent(&["induction/induction.json"]);
+            self.section("Induction heads", b.clone());
+            self.section("Capacity retained", b);
+            return Ok(());
+        }
+        let v = read_json(&p)?;
+        let model = self.model.clone();
+        let mut b = String::from("<div class=\"grid\">");
+        for (key, what, name) in [("prefix", "Prefix-matching score", "prefix"), ("copying", "Copying score", "copying")] {
+            let m = matrix(v.pointer(&format!("/{key}/mean"))).or_else(|| matrix(v.get(key)));
+            if let Some(m) = m {
+                let title = plots::title(what, &model, "", None);
+                b.push_str(&self.figure(&Heatmap::heads(&title, &m, what.to_lowercase()), &format!("induction-{name}"), &title));
+            }
+        }
+        b.push_str("</div>\n");
+        let top = |k: &str| -> Vec<(String, String)> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|h| (format!("L{} H{}", vnum(h.get("layer")), vnum(h.get("head"))), vnum(h.get("score")))).collect())
+                .unwrap_or_default()
+        };
+        let (tp, tc) = (top("top_prefix"), top("top_copying"));
+        let n = tp.len().max(tc.len()).min(10);
+        if n > 0 {
+            let rows: Vec<Vec<String>> = (0..n)
+                .map(|i| {
+                    let g = |t: &[(String, String)]| t.get(i).cloned().unwrap_or(("".into(), "".into()));
+                    let (a, b2) = (g(&tp), g(&tc));
+                    vec![(i + 1).to_string(), a.0, a.1, b2.0, b2.1]
+                })
+                .collect();
+            b.push_str("<h3>Top-10 heads</h3>");
+            b.push_str(&table(&["rank", "prefix matching", "score", "copying", "score"], &rows));
+        }
+        if let Some(o) = v.get("options") {
+            let _ = writeln!(b, "<details><summary>induction options</summary><pre>{}</pre></details>", escape(&serde_json::to_string_pretty(o)?));
+        }
+        self.section("Induction heads", b);
+
+        let cap = v.get("capacity").filter(|c| !c.is_null());
+        let body = match cap {
+            Some(c) => {
+                let mut curves = vec![];
+                for (k, label) in [("prefix_retained", "prefix matching"), ("copy_retained", "copying")] {
+                    if let Some(y) = vector(c.get(k)) {
+                        let n = (y.len().max(2) - 1) as f64;
+                        let x: Vec<f64> = (0..y.len()).map(|i| 100.0 * i as f64 / n).collect();
+                        let y: Vec<f64> = if y.iter().cloned().fold(f64::NEG_INFINITY, f64::max) <= 1.0 + 1e-9 { y.iter().map(|v| v * 100.0).collect() } else { y };
+                        curves.push(Series::new(label, x, y));
+                    }
+                }
+                if curves.is_empty() {
+                    "<p class=\"missing\">capacity in induction.json has no curves.</p>".into()
+                } else {
+                    let title = plots::title("Induction capacity retained as heads are pruned", &model, "", None);
+                    let mut b = format!("<p>Ranking from <code>{}</code>.</p>", vnum(c.get("importance_file")));
+                    b.push_str(&self.figure(&LinePlot::capacity(&title, curves), "capacity", &title));
+                    b
+                }
+            }
+            None => "<p class=\"missing\">induction.json has no capacity curves (run <code>headroom induction --importance FILE</code>).</p>\n".into(),
+        };
+        self.section("Capacity retained", body);
+        Ok(())
+    }
+
+    fn data_files(&mut self) {
+        let cands = [
+            "sweeps/heads.csv",
+            "sweeps/ffns.csv",
+            "sweeps/combined.csv",
+            "sweeps/inflection.csv",
+            "compare/correlations.csv",
+            "compare/cross_shot.csv",
+            "induction/capacity.csv",
+            "manifest.json",
+        ];
+        let mut items = String::new();
+        for c in cands {
+            let p = self.run.join(c);
+            if p.exists() {
+                let _ = write!(items, "<li><a href=\"{}\">{}</a></li>", escape(&rel(&self.out, &p)), escape(c));
+            }
+        }
+        let body = if items.is_empty() { "<p class=\"missing\">No tidy CSVs in this run.</p>".into() } else { format!("<ul>{items}</ul>\n") };
+        self.section("Data files", body);
+    }
+
+    fn page(&self) -> String {
+        let mut h = String::new();
+        h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+        h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
+        let _ = writeln!(h, "<title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>", escape(&self.title));
+        let _ = write!(h, "<h1>{}</h1>\n<nav><ul>", escape(&self.title));
+        for (t, id, _) in &self.sections {
+            let _ = write!(h, "<li><a href=\"#{id}\">{}</a></li>", escape(t));
+        }
+        h.push_str("</ul></nav>\n");
+        if !self.missing.is_empty() {
+            let _ = writeln!(h, "<p class=\"missing\">{} part(s) of a full run are missing; each section says which.</p>", self.missing.len());
+        }
+        for (t, id, body) in &self.sections {
+            let _ = writeln!(h, "<section id=\"{id}\">\n<h2>{}</h2>\n{body}</section>", escape(t));
+        }
+        h.push_str("<footer>Written by headroom; figures are also in <code>figures/</code> as SVG and PNG.</footer>\n</body>\n</html>\n");
+        h
+    }
+}
+
+/// (shots, ranking, metric) of a sweep curve.
+type Key = (usize, String, String);
+
+fn slug(s: &str) -> String {
+    let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    if s.is_empty() { "none".into() } else { s }
+}
+
+/// `p` relative to the folder of `from` when it is under it, else absolute (forward slashes).
+fn rel(from: &Path, p: &Path) -> String {
+    let base = from.parent().unwrap_or(Path::new(""));
+    let abs = |x: &Path| std::fs::canonicalize(x).unwrap_or_else(|_| x.to_path_buf());
+    let (b, q) = (abs(base), abs(p));
+    match q.strip_prefix(&b) {
+        Ok(r) => r.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/"),
+        Err(_) => q.display().to_string(),
+    }
+}
+
+/// An SVG file's markup for inlining in HTML5: no XML prolog, no namespace URLs (HTML5 parses
+/// `<svg>` without them), scaled to the page width.
+fn inline_svg(svg: &str) -> String {
+    let mut s = svg.trim().to_string();
+    if s.starts_with("<?xml") {
+        if let Some(i) = s.find("?>") {
+            s = s[i + 2..].trim_start().to_string();
+        }
+    }
+    s = s.replace(" xmlns=\"http://www.w3.org/2000/svg\"", "").replace(" xmlns:xlink=\"http://www.w3.org/1999/xlink\"", "");
+    // Never wider than drawn (text stays legible), narrower on small screens.
+    let width = s
+        .split_once(" width=\"")
+        .and_then(|(_, r)| r.split_once('"'))
+        .and_then(|(w, _)| w.parse::<u32>().ok())
+        .map_or(String::new(), |w| format!(" style=\"max-width:{w}px\""));
+    s.replacen("<svg ", &format!("<svg class=\"plot\" role=\"img\"{width} "), 1)
+}
+
+const CSS: &str = "
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#222;background:#fff}
+h1{font-size:1.6em;border-bottom:2px solid #333;padding-bottom:.3em}
+h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ccc}
+h3{font-size:1.05em}
+nav ul{columns:3;list-style:none;padding:0}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f2f2f2}
+tbody tr:nth-child(even){background:#fafafa}
+code,pre{font-family:ui-monospace,'DejaVu Sans Mono',monospace;font-size:.85em}
+pre{background:#f6f6f6;padding:.6em;overflow:auto;max-height:30em}
+code{word-break:break-all}
+.missing{color:#8a5a00;background:#fff6e0;padding:.3em .6em;border-left:3px solid #e0a000}
+.grid{display:flex;flex-wrap:wrap;gap:1em}
+figure{margin:0;flex:1 1 540px;max-width:100%}
+svg.plot{display:block;width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.8em;color:#555}
+footer{margin-top:3em;font-size:.8em;color:#777}
+";

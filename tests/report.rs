@@ -1,0 +1,260 @@
+//! `headroom report` on a synthetic run folder: every section, the figures inlined, no network
+//! references, and (when Debian's `chromium` is installed) a headless load with a screenshot and
+//! no console errors. Set HEADROOM_REPORT_DIR to keep the run folder and screenshot.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::json;
+
+fn write(p: &Path, s: &str) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, s).unwrap();
+}
+
+fn mat(l: usize, h: usize, seed: f64) -> Vec<Vec<f64>> {
+    (0..l).map(|i| (0..h).map(|j| ((i * h + j) as f64 * 0.37 + seed).sin().abs()).collect()).collect()
+}
+
+/// A run folder with every part: 2 tasks x 2 shots, 4 layers x 4 heads.
+fn synthetic_run(dir: &Path) {
+    let (nl, nh) = (4, 4);
+    write(
+        &dir.join("manifest.json"),
+        &json!({"tool": "headroom 0.1.0", "model": {"path": "/cache/tiny-model.gguf", "sha256": "abc123<def>"},
+                "data": ["copa==1.0"], "options": {"tasks": ["copa", "piqa"], "shots": [0, 1], "limit": 20}})
+        .to_string(),
+    );
+    write(&dir.join("deviations.json"), &json!(["Importance pool drawn from the validation split (no train split) & <script>alert(1)</script>"]).to_string());
+    let mut heads = String::from("task,shots,ranking,heads_pct,ffns_pct,metric,value,n,stderr\n");
+    let mut ffns = heads.clone();
+    let mut comb = heads.clone();
+    let mut infl = String::from("task,shots,ranking,kind,inflection_pct,tolerance,base_value\n");
+    for (ti, task) in ["copa", "piqa"].iter().enumerate() {
+        for k in [0usize, 1] {
+            let seed = ti as f64 + k as f64 * 0.5;
+            let split = json!({"mode": "holdout", "eval_source": "validation", "pool_source": "validation (holdout)", "eval_docs": 80, "pool_docs": 20, "holdout_seed": 1, "pool_fraction": 0.2});
+            write(
+                &dir.join(format!("importance/{task}.{k}shot.json")),
+                &json!({"heads": mat(nl, nh, seed), "ffns": (0..nl).map(|l| 1.0 + l as f64 * 0.1 + seed).collect::<Vec<_>>(),
+                        "sums": {}, "options": {"abs_mode": "sum", "normalize": true}, "model": {}, "examples": 50, "mean_loss": 2.5, "split": split})
+                .to_string(),
+            );
+            write(
+                &dir.join(format!("eval/{task}.{k}shot.json")),
+                &json!({"task": task, "shots": k, "metric": "acc", "value": 0.6 + 0.05 * seed, "stderr": 0.02, "n": 80, "split": split, "mask": null})
+                    .to_string(),
+            );
+            write(
+                &dir.join(format!("ffn_oracle/{task}.{k}shot.json")),
+                &json!({"base": 0.6, "without": [0.5, 0.55, 0.58, 0.6], "diffs": [0.1, 0.05, 0.02, 0.0], "order": [3, 2, 1, 0], "gradient_srcc": 0.8, "note": "absolute drop"})
+                    .to_string(),
+            );
+            for p in (0..=100).step_by(10) {
+                let v = 0.6 + 0.05 * seed - 0.004 * p as f64;
+                heads.push_str(&format!("{task},{k},importance,{p},0,acc,{v:.6},80,0.02\n"));
+                ffns.push_str(&format!("{task},{k},importance,0,{p},acc,{:.6},80,0.02\n", v + 0.001 * p as f64));
+            }
+            for hp in [0, 30, 60] {
+                for fp in [0, 30, 60] {
+                    comb.push_str(&format!("{task},{k},importance,{hp},{fp},acc,{:.6},80,0.02\n", 0.7 - 0.002 * (hp + fp) as f64));
+                }
+            }
+            infl.push_str(&format!("{task},{k},importance,heads,40,0.01,0.6\n{task},{k},importance,ffns,20,0.01,0.6\n"));
+        }
+    }
+    write(&dir.join("sweeps/heads.csv"), &heads);
+    write(&dir.join("sweeps/ffns.csv"), &ffns);
+    write(&dir.join("sweeps/combined.csv"), &comb);
+    write(&dir.join("sweeps/inflection.csv"), &infl);
+    let labels = ["copa@0", "copa@1", "piqa@0", "piqa@1"];
+    let rho: Vec<Vec<f64>> = (0..4).map(|i| (0..4).map(|j| if i == j { 1.0 } else { 0.5 - 0.1 * (i + j) as f64 }).collect()).collect();
+    write(
+        &dir.join("compare/compare.json"),
+        &json!({"method": "spearman", "statistic": "Spearman rho", "correlation": {"labels": labels, "rho": rho, "p_value": rho, "n": 16},
+                "overlap": {"labels": labels, "frac": 0.3, "k": 4, "n": 16, "expected": 0.25, "overlap": rho, "shared": [], "p_value": rho},
+                "cross_shot": {"shots": [0, 1], "mean": [[1.0, 0.42], [0.42, 1.0]], "variance": [[0.0, 0.01], [0.01, 0.0]], "n_tasks": [[2, 2], [2, 2]], "max_p_value": [[0.0, 0.03], [0.03, 0.0]], "per_task": []}})
+        .to_string(),
+    );
+    write(&dir.join("compare/correlations.csv"), "a,b,rho\ncopa@0,copa@1,0.4\n");
+    let top = |m: &Vec<Vec<f64>>| {
+        let mut v: Vec<_> = m.iter().enumerate().flat_map(|(l, r)| r.iter().enumerate().map(move |(h, s)| json!({"layer": l, "head": h, "score": s}))).collect();
+        v.truncate(10);
+        v
+    };
+    let (pm, cm) = (mat(nl, nh, 3.0), mat(nl, nh, 4.0));
+    let cap: Vec<f64> = (0..=nl * nh).map(|i| 1.0 - i as f64 / (nl * nh) as f64).collect();
+    write(
+        &dir.join("induction/induction.json"),
+        &json!({"model": "tiny", "n_layers": nl, "n_heads": nh, "options": {"sequences": 8},
+                "prefix": {"mean": pm, "var": pm}, "copying": {"mean": cm, "var": cm},
+                "top_prefix": top(&pm), "top_copying": top(&cm),
+                "capacity": {"importance_file": "importance/copa.1shot.json", "prefix_retained": cap, "copy_retained": cap}})
+        .to_string(),
+    );
+}
+
+fn keep_dir() -> (Option<tempfile::TempDir>, PathBuf) {
+    match std::env::var_os("HEADROOM_REPORT_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            (None, d)
+        }
+        None => {
+            let t = tempfile::tempdir().unwrap();
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    }
+}
+
+/// Expected figures: 4 head heatmaps + 2 aggregates, 4 FFN bars + 2 aggregates, 2 pruning plots
+/// (heads) + 2 (FFNs), 2 combined grids, 4 oracle bars, SRCC + overlap, 2 induction heatmaps,
+/// 1 capacity.
+const FIGURES: usize = 6 + 6 + 4 + 2 + 4 + 2 + 2 + 1;
+
+fn check_html(html: &str) {
+    assert!(html.starts_with("<!DOCTYPE html>"), "no doctype");
+    assert!(html.trim_end().ends_with("</html>"));
+    for tag in ["html", "head", "body", "style", "table", "section", "figure", "svg"] {
+        let open = html.matches(&format!("<{tag}")).count() - html.matches(&format!("<{tag}l")).count() * usize::from(tag == "html") ;
+        let close = html.matches(&format!("</{tag}>")).count();
+        if tag != "html" {
+            assert_eq!(html.matches(&format!("<{tag}>")).count() + html.matches(&format!("<{tag} ")).count(), close, "unbalanced <{tag}>");
+        } else {
+            assert!(open >= 1 && close == 1);
+        }
+    }
+    for section in headroom::report::SECTIONS {
+        assert!(html.contains(&format!("<h2>{}</h2>", headroom::report::escape(section))), "missing section {section}");
+    }
+    assert!(!html.contains("http://") && !html.contains("https://"), "network reference in the page");
+    for bad in ["<script", "<link", "<img src=\"/", "@import", "url("] {
+        assert!(!html.contains(bad), "external resource or script: {bad}");
+    }
+    // Text is escaped: the deviation's markup shows as text.
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && html.contains("&amp;"));
+    assert!(html.contains("abc123&lt;def&gt;"));
+    // Tables and values.
+    assert!(html.contains("holdout") && html.contains("validation (holdout)"), "split deviations");
+    assert!(html.contains("0.42"), "cross-shot mean");
+    assert!(html.contains("L0 H0"), "top-10 induction table");
+    assert!(html.contains("href=\"sweeps/heads.csv\""), "tidy CSV link");
+}
+
+#[test]
+fn full_run_folder_renders_every_section_inlined() {
+    let (_t, dir) = keep_dir();
+    synthetic_run(&dir);
+    let out = dir.join("report.html");
+    let r = headroom::report::build(&dir, &out).unwrap();
+    assert!(r.missing.is_empty(), "missing: {:?}", r.missing);
+    let html = std::fs::read_to_string(&out).unwrap();
+    check_html(&html);
+    assert_eq!(r.figures.len(), FIGURES, "{:?}", r.figures);
+    assert_eq!(html.matches("<figure>").count(), FIGURES);
+    assert_eq!(html.matches("<svg ").count(), FIGURES);
+    for f in &r.figures {
+        assert!(f.starts_with(dir.join("figures")));
+        let png = std::fs::read(f.with_extension("png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(png.len() > 5_000, "{}: {} bytes", f.display(), png.len());
+        assert!(std::fs::metadata(f).unwrap().len() > 2_000);
+    }
+    assert_eq!(r.sections, headroom::report::SECTIONS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    chromium(&out, &dir);
+}
+
+#[test]
+fn empty_run_folder_says_what_is_missing() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("r.html");
+    let r = headroom::report::build(t.path(), &out).unwrap();
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(r.figures.is_empty());
+    for m in ["manifest.json", "eval/&lt;task&gt;.&lt;k&gt;shot.json", "sweeps/heads.csv", "compare/compare.json", "induction/induction.json"] {
+        assert!(html.contains(m), "no note that {m} is missing");
+    }
+    assert!(r.missing.iter().any(|m| m == "sweeps/combined.csv"));
+    assert!(html.contains("Not in this run"));
+}
+
+#[test]
+fn cli_prints_the_path() {
+    let t = tempfile::tempdir().unwrap();
+    synthetic_run(t.path());
+    let o = Command::new(env!("CARGO_BIN_EXE_headroom")).arg("report").arg(t.path()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(PathBuf::from(printed.trim()), t.path().join("report.html"));
+    assert!(t.path().join("report.html").exists());
+    let o = Command::new(env!("CARGO_BIN_EXE_headroom")).arg("report").arg(t.path().join("nope")).output().unwrap();
+    assert!(!o.status.success());
+}
+
+fn chromium_bin() -> Option<&'static Path> {
+    let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(Path::new).find(|p| p.exists());
+    if bin.is_none() {
+        if std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1") {
+            panic!("chromium not found (/usr/bin/chromium) and HEADROOM_REQUIRE_ASSETS=1");
+        }
+        eprintln!("SKIPPED: headless Chromium check (no /usr/bin/chromium; apt-get install -y chromium)");
+    }
+    bin
+}
+
+/// Loads `page` in headless Chromium with a screenshot to `shot`; returns the console-error
+/// lines about the page and the screenshot bytes.
+fn load(bin: &Path, page: &Path, shot: &Path) -> (Vec<String>, Vec<u8>) {
+    let profile = tempfile::tempdir().unwrap();
+    let _ = std::fs::remove_file(shot);
+    let url = format!("file://{}", std::fs::canonicalize(page).unwrap().display());
+    let o = Command::new(bin)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--enable-logging=stderr", "--v=0"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1200,3000")
+        .arg(&url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "chromium failed: {err}");
+    let console: Vec<String> = err
+        .lines()
+        // The page has no scripts, so any console message from it is an error (Chromium logs
+        // console.error at INFO level: `INFO:CONSOLE:1] "boom", source: file:///...`).
+        .filter(|l| l.contains("Uncaught") || (l.contains(":CONSOLE") && l.contains(&url)) || l.contains("Failed to load resource") || l.contains("net::ERR"))
+        .map(String::from)
+        .collect();
+    let png = std::fs::read(shot).unwrap_or_else(|e| panic!("no screenshot {}: {e}\n{err}", shot.display()));
+    (console, png)
+}
+
+/// The report loads in headless Chromium: a non-trivial screenshot and no console errors.
+fn chromium(page: &Path, dir: &Path) {
+    let Some(bin) = chromium_bin() else { return };
+    let shot = dir.join("report-screenshot.png");
+    let (console, png) = load(bin, page, &shot);
+    assert!(console.is_empty(), "console errors:\n{}", console.join("\n"));
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert!(w >= 1000 && h >= 2000, "screenshot {w}x{h}");
+    assert!(png.len() > 50_000, "screenshot only {} bytes: blank page?", png.len());
+    eprintln!("screenshot: {} ({} bytes)", shot.display(), png.len());
+}
+
+/// The console check can fail: a page with a script error and a console.error is caught.
+#[test]
+fn chromium_check_catches_console_errors() {
+    let Some(bin) = chromium_bin() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let page = t.path().join("bad.html");
+    std::fs::write(&page, "<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); throw new Error('bad')</script></body></html>").unwrap();
+    let (console, _) = load(bin, &page, &t.path().join("bad.png"));
+    assert!(console.iter().any(|l| l.contains("Uncaught")), "{console:?}");
+    assert!(console.iter().any(|l| l.contains("boom")), "{console:?}");
+}
