@@ -4,16 +4,22 @@
 //! k random heads (several random sets: mean and spread).
 //!
 //! The evaluation is not here: [`run_ablation`] takes a closure "accuracy under a [`Mask`]",
-//! so any evaluator plugs in. **Wiring still to do (needs the evaluation engine):**
+//! so any evaluator plugs in. **Wiring still to do** (the evaluation engine, `crate::eval`,
+//! landed on main while this was written; nothing here calls it yet):
 //! ```text
-//! let scores = /* induction.json from `headroom induction` */;
-//! let ranking = rank_induction_heads(&scores.prefix.mean, &scores.copying.mean, Target::Prefix)?;
-//! let result = run_ablation(n_layers, n_heads, &ranking, &plan,
-//!     |mask| eval_accuracy(&model, &task_prompts, mask))?;   // <- the evaluator's entry point
+//! let ind: induction.json from `headroom induction` (prefix.mean, copying.mean)
+//! let ranking = rank_induction_heads(&ind.prefix.mean, &ind.copying.mean, Target::Prefix)?;
+//! let docs = eval::selected_docs(&task, &cfg);
+//! let (prompts, encoded) = eval::prepare(&task, &docs, &cfg, &tok, &model)?;   // once
+//! let result = run_ablation(n_layers, n_heads, &ranking, &plan, |mask| {
+//!     Ok(eval::evaluate_prepared(&model, &task, &cfg, &prompts, &encoded, Some(mask), &mut |_| {})?
+//!         .summary.value)
+//! })?;
 //! ```
-//! and a `headroom induction-ablate --task T --induction DIR [--target prefix|copying|both]
-//! [--ks 1,2,4,8,16] [--random-sets 5] [--seed 0] --out DIR` subcommand that writes `result` as
-//! JSON + CSV (one row per k and mask: kind top|random, set index, accuracy).
+//! plus a `headroom induction-ablate --task T --shots K --induction DIR [--target
+//! prefix|copying|both] [--ks 1,2,4,8,16] [--random-sets 5] [--seed 0] --out DIR` subcommand
+//! writing `result` as JSON + a long CSV (k, kind top|random, set, accuracy), ideally one run
+//! unit per mask (crate::runs) so a long ablation resumes.
 //!
 //! Semantics:
 //! - removal is the paper's head mask (gate 0, spec 2.3); FFNs are always kept;
