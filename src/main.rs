@@ -41,6 +41,8 @@ enum Command {
     /// The paper's pruning experiments as one resumable, shardable run: importance, rankings,
     /// head/FFN/combined sweeps, FFN oracle, tidy CSVs and inflection points.
     Prune(cli::prune::PruneArgs),
+    /// Task accuracy with the top-k induction heads removed vs k random heads (seeded sets).
+    InductionAblate(cli::induction_ablate::InductionAblateArgs),
     /// Show the top-K next tokens after a prompt, with log-probabilities.
     Next(cli::next::NextArgs),
     /// Export a task's importance prompts as `{"context", "continuation"}` JSONL.
@@ -75,6 +77,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => cli::inspect::run(a, &dev),
         Command::Merge(a) => cli::merge::run(a),
         Command::Prune(a) => cli::prune::run(a, &dev),
+        Command::InductionAblate(a) => cli::induction_ablate::run(a, &dev),
         Command::Next(a) => cli::next::run(a, &dev),
         Command::Eval(a) => cli::eval::run(a, &dev),
         Command::Prompts(a) => cli::prompts::run(a),

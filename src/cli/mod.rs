@@ -7,6 +7,7 @@ pub mod eval;
 pub mod fetch;
 pub mod importance;
 pub mod induction;
+pub mod induction_ablate;
 pub mod inspect;
 pub mod merge;
 pub mod next;
