@@ -109,7 +109,7 @@ pub fn random_permutation(n_layers: usize, n_heads: usize, seed: u64, i: usize) 
     let mut v: Vec<usize> = (0..n).collect();
     let mut rng = SplitMix64::for_sequence(seed, i);
     for a in 0..n.saturating_sub(1) {
-        let b = a + rng.below((n - a) as u64) as usize;
+        let b = a + rng.below(n - a);
         v.swap(a, b);
     }
     v.into_iter().map(|x| (x / n_heads, x % n_heads)).collect()

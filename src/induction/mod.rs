@@ -153,39 +153,9 @@ impl Lengths {
 // ------------------------------------------------------------------------------------------------
 // RNG and token pool
 
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, fully specified generator, so sequences are
-/// reproducible from the seed alone.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    /// The RNG of sequence `s` in a run with seed `seed`: state `seed * 2^32 + s`.
-    pub fn for_sequence(seed: u64, s: usize) -> Self {
-        Self(seed.wrapping_shl(32).wrapping_add(s as u64))
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0), unbiased: draws at or above the largest multiple of n are
-    /// rejected.
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0, "SplitMix64::below(0)");
-        let zone = u64::MAX - (u64::MAX % n);
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
-}
+/// The crate's one seeded generator (SplitMix64, Steele, Lea, Flood 2014), shared with the
+/// task sampler: sequences are reproducible from the seed alone.
+pub use crate::tasks::SplitMix64;
 
 /// The ids random sequences are drawn from (spec 7.1).
 #[derive(Clone, Debug, Serialize)]
@@ -243,7 +213,7 @@ impl TokenPool {
         }
         let mut v = self.ids.clone();
         for i in 0..n {
-            let j = i + rng.below((v.len() - i) as u64) as usize;
+            let j = i + rng.below(v.len() - i);
             v.swap(i, j);
         }
         v.truncate(n);

@@ -246,6 +246,10 @@ impl SplitMix64 {
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
+    /// The generator of induction sequence `s` in a run with seed `seed`: state `seed * 2^32 + s`.
+    pub fn for_sequence(seed: u64, s: usize) -> Self {
+        Self(seed.wrapping_shl(32).wrapping_add(s as u64))
+    }
     /// A generator for one (seed, stream, index) triple, independent of every other triple.
     pub fn for_key(seed: u64, stream: u64, index: u64) -> Self {
         let mut g = Self(seed ^ 0x9E37_79B9_7F4A_7C15);
