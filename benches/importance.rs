@@ -56,16 +56,27 @@ fn main() {
                 if peak <= budget { "within" } else { "OVER" }
             ));
         }
-        // Work: forward + recomputed forward + input-gradient backward (~ one more forward).
-        let flops = 3.0 * forward_flops(&m, b, t, b * (t - 1));
+        // Work: forward + input-gradient backward (~ one more forward), plus a recomputed forward
+        // when the activations exceed the keep budget (Activations::default()).
+        let keep = match headroom::model::Activations::default() {
+            headroom::model::Activations::Auto { budget_bytes } => m.block_activation_bytes(b, t) * m.n_layers() <= budget_bytes,
+            a => a == headroom::model::Activations::Keep,
+        };
+        let passes = if keep { 2.0 } else { 3.0 };
+        let flops = passes * forward_flops(&m, b, t, b * (t - 1));
         let which = if gguf.is_some() { "gguf" } else { "opt-125m" };
         let torch = py.as_deref().and_then(|p| torch_run(p, "importance", which, b, t, iters, gguf.as_deref())).and_then(|v| v["seconds_per_iter"].as_f64());
         // PyTorch keeps activations (no recompute): 2 forwards' worth of FLOPs.
         let (tt, tg, ratio) = match torch {
-            Some(ts) => (format!("{:.0}", (b * t) as f64 / ts), format!("{:.1}", flops * 2.0 / 3.0 / ts / 1e9), format!("{:.2}x", ts / secs)),
+            Some(ts) => (format!("{:.0}", (b * t) as f64 / ts), format!("{:.1}", flops * 2.0 / passes / ts / 1e9), format!("{:.2}x", ts / secs)),
             None => ("-".into(), "-".into(), "-".into()),
         };
-        println!("{name:<28} {:>14.0} {:>9.1} {tt:>14} {tg:>9} {ratio:>8}", (b * t) as f64 / secs, flops / secs / 1e9);
+        println!(
+            "{name:<28} {:>14.0} {:>9.1} {tt:>14} {tg:>9} {ratio:>8}  ({})",
+            (b * t) as f64 / secs,
+            flops / secs / 1e9,
+            if keep { "activations kept" } else { "activations recomputed" }
+        );
     }
     if let Some(l) = memory_line {
         println!("{l}");
