@@ -215,34 +215,8 @@ fn array_to_json(a: &dyn Array) -> Result<Vec<Value>> {
             let s = a.as_string::<i64>();
             (0..a.len()).map(|i| if s.is_null(i) { Value::Null } else { Value::String(s.value(i).to_string()) }).collect()
         }
-        DataType::List(_) => {
-            let l = a.as_list::<i32>();
-            let inner = array_to_json(l.values().as_ref())?;
-            let offs = l.value_offsets();
-            (0..a.len())
-                .map(|i| {
-                    if l.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::Array(inner[offs[i] as usize..offs[i + 1] as usize].to_vec())
-                    }
-                })
-                .collect()
-        }
-        DataType::LargeList(_) => {
-            let l = a.as_list::<i64>();
-            let inner = array_to_json(l.values().as_ref())?;
-            let offs = l.value_offsets();
-            (0..a.len())
-                .map(|i| {
-                    if l.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::Array(inner[offs[i] as usize..offs[i + 1] as usize].to_vec())
-                    }
-                })
-                .collect()
-        }
+        DataType::List(_) => list_to_json(a.as_list::<i32>())?,
+        DataType::LargeList(_) => list_to_json(a.as_list::<i64>())?,
         DataType::Struct(fields) => {
             let s = a.as_struct();
             let cols: Vec<Vec<Value>> = s.columns().iter().map(|c| array_to_json(c.as_ref())).collect::<Result<_>>()?;
@@ -320,4 +294,20 @@ pub fn read_to_string(path: &Path) -> Result<String> {
         .and_then(|mut f| f.read_to_string(&mut s))
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(s)
+}
+
+/// List and LargeList columns differ only in their offset width: each row becomes a JSON array
+/// of its slice of the converted child values.
+fn list_to_json<O: arrow_array::OffsetSizeTrait>(l: &arrow_array::GenericListArray<O>) -> Result<Vec<Value>> {
+    let inner = array_to_json(l.values().as_ref())?;
+    let offs = l.value_offsets();
+    Ok((0..l.len())
+        .map(|i| {
+            if l.is_null(i) {
+                Value::Null
+            } else {
+                Value::Array(inner[offs[i].as_usize()..offs[i + 1].as_usize()].to_vec())
+            }
+        })
+        .collect())
 }
