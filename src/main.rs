@@ -23,8 +23,9 @@ enum Command {
     /// Rank correlations, top-k overlaps and (with TASK@K labels) the cross-shot table between
     /// importance files, with optional bootstrap intervals and heatmaps.
     Compare(cli::compare::CompareArgs),
-    /// End to end on the default model: fetch it if missing, describe it, predict, and check
-    /// in-context copying on a repeated random sequence. (Grows into the paper's whole pipeline.)
+    /// The paper's whole pipeline on the default model (fetch, importance, pruning sweeps,
+    /// induction heads, rank statistics, HTML report) in under 30 minutes on a laptop CPU;
+    /// resumable. `--tiny` is the CI-sized variant.
     Demo(cli::demo::DemoArgs),
     /// Few-shot evaluation of tasks (accuracy, per-example log-likelihoods) under an optional mask.
     Eval(cli::eval::EvalArgs),

