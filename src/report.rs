@@ -14,6 +14,7 @@
 //! ffn_oracle/<task>.<k>shot.json         {base, without, diffs, order, gradient_srcc, note}
 //! eval/<task>.<k>shot.json               EvalSummary (+ model, mask)
 //! induction/induction.json               {prefix {mean}, copying {mean}, top_prefix, top_copying, capacity}
+//! induction/ablation.json                {target, results [{task, shots, metric, n, result {baseline, points}}]}
 //! compare/compare.json                   {correlation {labels, rho}, cross_shot {...}, overlap}
 //! ```
 
@@ -54,6 +55,7 @@ pub const SECTIONS: &[&str] = &[
     "Rank correlations",
     "Induction heads",
     "Capacity retained",
+    "Induction ablation",
     "Data files",
 ];
 
@@ -391,6 +393,7 @@ impl Builder {
         self.oracle();
         self.compare()?;
         self.induction()?;
+        self.induction_ablation()?;
         self.data_files();
         Ok(())
     }
@@ -737,6 +740,55 @@ impl Builder {
         Ok(())
     }
 
+    /// `headroom induction-ablate --out RUN/induction`: task accuracy with the top-k induction
+    /// heads removed vs k random heads (an experiment the authors did not run, spec 7.5).
+    fn induction_ablation(&mut self) -> Result<()> {
+        let p = self.run.join("induction/ablation.json");
+        if !p.exists() {
+            let b = self.absent(&["induction/ablation.json"]);
+            self.section("Induction ablation", b);
+            return Ok(());
+        }
+        let v = read_json(&p)?;
+        let results = v.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
+        let (mut groups, mut full, mut top, mut rand_mean, mut rand_sd) = (vec![], vec![], vec![], vec![], vec![]);
+        let mut rows = vec![];
+        for r in &results {
+            let task = r.get("task").and_then(Value::as_str).unwrap_or("?");
+            let shots = vnum(r.get("shots"));
+            let baseline = r.pointer("/result/baseline").and_then(Value::as_f64).unwrap_or(f64::NAN);
+            for pt in r.pointer("/result/points").and_then(Value::as_array).into_iter().flatten() {
+                let k = vnum(pt.get("k"));
+                let t = pt.get("top_accuracy").and_then(Value::as_f64).unwrap_or(f64::NAN);
+                let m = pt.pointer("/random/mean").and_then(Value::as_f64).unwrap_or(f64::NAN);
+                let sd = pt.pointer("/random/std").and_then(Value::as_f64).unwrap_or(0.0);
+                let sets = pt.pointer("/random/n").map_or(String::new(), |n| vnum(Some(n)));
+                groups.push(format!("{task} {shots}-shot k={k}"));
+                full.push(baseline);
+                top.push(t);
+                rand_mean.push(m);
+                rand_sd.push(sd);
+                rows.push(vec![escape(task), shots.clone(), k, format!("{baseline:.3}"), format!("{t:.3}"), format!("{m:.3} ± {sd:.3}"), sets, vnum(r.get("n"))]);
+            }
+        }
+        if groups.is_empty() {
+            self.section("Induction ablation", "<p class=\"missing\">induction/ablation.json has no results.</p>\n".into());
+            return Ok(());
+        }
+        let target = v.get("target").and_then(Value::as_str).unwrap_or("?").to_lowercase();
+        let mut b = format!(
+            "<p>Accuracy with the top-k heads by {} score removed, against k random heads (mean ± sd over seeded sets). \
+             The authors measured induction heads only by capacity retained, never by accuracy.</p>",
+            escape(&target)
+        );
+        let title = plots::title("Accuracy with induction heads removed vs random heads", &self.model, "", None);
+        let plot = BarPlot::induction_ablation(&title, groups, Some(full), top, rand_mean, rand_sd);
+        b.push_str(&self.figure(&plot, "induction-ablation", &title));
+        b.push_str(&table(&["task", "shots", "k", "full model", "top-k removed", "random k removed", "random sets", "n"], &rows));
+        self.section("Induction ablation", b);
+        Ok(())
+    }
+
     fn data_files(&mut self) {
         let cands = [
             "sweeps/heads.csv",
@@ -746,6 +798,8 @@ impl Builder {
             "compare/correlations.csv",
             "compare/cross_shot.csv",
             "induction/capacity.csv",
+            "induction/induction.csv",
+            "induction/ablation.csv",
             "manifest.json",
         ];
         let mut items = String::new();

@@ -23,7 +23,7 @@ fn tiny_demo_runs_the_pipeline_and_resumes() {
     let first = demo(&run);
     eprintln!("{first}");
     // Each stage printed the subcommand it ran, so users can rerun any of them by hand.
-    for cmd in ["$ headroom prune --tasks copa,winogrande --shots 0", "$ headroom induction", "$ headroom compare", "$ headroom report"] {
+    for cmd in ["$ headroom prune --tasks copa,winogrande --shots 0", "$ headroom induction --sequences", "$ headroom induction-ablate", "$ headroom compare", "$ headroom report"] {
         assert!(first.contains(cmd), "stage `{cmd}` not shown");
     }
     for f in [
@@ -35,6 +35,7 @@ fn tiny_demo_runs_the_pipeline_and_resumes() {
         "sweeps/ffns.csv",
         "sweeps/inflection.csv",
         "induction/induction.json",
+        "induction/ablation.json",
         "compare/compare.json",
         "demo-timing.json",
     ] {
@@ -60,5 +61,5 @@ fn tiny_demo_runs_the_pipeline_and_resumes() {
     // Resume: nothing is recomputed.
     let second = demo(&run);
     assert!(second.contains("sweeps: 0 units evaluated now, 8 reused"), "{second}");
-    assert!(second.contains("already done (same command)"), "induction was recomputed:\n{second}");
+    assert_eq!(second.matches("already done (same command)").count(), 2, "induction or its ablation was recomputed:\n{second}");
 }

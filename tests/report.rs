@@ -92,6 +92,15 @@ fn synthetic_run(dir: &Path) {
                 "capacity": {"importance_file": "importance/copa.1shot.json", "prefix_retained": cap, "copy_retained": cap}})
         .to_string(),
     );
+    let point = |k: usize, top: f64| json!({"k": k, "top_heads": [], "top_accuracy": top, "random_accuracies": [0.6, 0.64],
+                                           "random": {"n": 2, "mean": 0.62, "std": 0.02, "min": 0.6, "max": 0.64}});
+    write(
+        &dir.join("induction/ablation.json"),
+        &json!({"induction": "induction/induction.json", "target": "Prefix", "results": [
+            {"task": "copa", "shots": 0, "metric": "acc", "n": 20, "result": {"plan": {"ks": [2, 4], "random_sets": 2, "seed": 0},
+             "baseline": 0.65, "points": [point(2, 0.55), point(4, 0.515)]}}]})
+        .to_string(),
+    );
 }
 
 fn keep_dir() -> (Option<tempfile::TempDir>, PathBuf) {
@@ -112,8 +121,8 @@ fn keep_dir() -> (Option<tempfile::TempDir>, PathBuf) {
 
 /// Expected figures: 4 head heatmaps + 2 aggregates, 4 FFN bars + 2 aggregates, 2 pruning plots
 /// (heads) + 2 (FFNs), 2 combined grids, 4 oracle bars, SRCC + overlap, 2 induction heatmaps,
-/// 1 capacity.
-const FIGURES: usize = 6 + 6 + 4 + 2 + 4 + 2 + 2 + 1;
+/// 1 capacity, 1 induction ablation.
+const FIGURES: usize = 6 + 6 + 4 + 2 + 4 + 2 + 2 + 1 + 1;
 
 fn check_html(html: &str) {
     assert!(html.starts_with("<!DOCTYPE html>"), "no doctype");
@@ -141,6 +150,7 @@ fn check_html(html: &str) {
     assert!(html.contains("holdout") && html.contains("validation (holdout)"), "split deviations");
     assert!(html.contains("0.42"), "cross-shot mean");
     assert!(html.contains("L0 H0"), "top-10 induction table");
+    assert!(html.contains("0.515") && html.contains("0.620 ± 0.020"), "induction ablation table");
     assert!(html.contains("href=\"sweeps/heads.csv\""), "tidy CSV link");
 }
 

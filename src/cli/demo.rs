@@ -8,8 +8,9 @@
 //! 4. `induction`: prefix-matching and copying scores, and the induction capacity retained as
 //!    heads are pruned by the aggregate ranking (skipped when its output exists with the same
 //!    options);
-//! 5. `compare`: rank correlations, the cross-shot table and top-30% overlaps;
-//! 6. `report`: one HTML page.
+//! 5. `induction-ablate`: accuracy with the top induction heads removed vs random heads;
+//! 6. `compare`: rank correlations, the cross-shot table and top-30% overlaps;
+//! 7. `report`: one HTML page.
 //!
 //! The sizes are chosen so the full demo finishes in under 30 minutes on a 2-core laptop CPU;
 //! `--tiny` is the CI-sized variant (2 tasks, 0-shot, a few documents).
@@ -55,6 +56,9 @@ struct Plan {
     heads: &'static str,
     ffns: &'static str,
     sequences: usize,
+    /// Numbers of top induction heads removed in the accuracy ablation.
+    ablate_ks: &'static str,
+    random_sets: usize,
 }
 
 impl Plan {
@@ -69,6 +73,8 @@ impl Plan {
                 heads: "0,50,90",
                 ffns: "0,50",
                 sequences: 3,
+                ablate_ks: "4",
+                random_sets: 2,
             }
         } else {
             Plan {
@@ -80,6 +86,8 @@ impl Plan {
                 heads: "0,10,20,30,40,50,60,70,80,90",
                 ffns: "0,10,20,30,40,50,60,70,80,90",
                 sequences: 20,
+                ablate_ks: "8,16",
+                random_sets: 3,
             }
         };
         if !a.tasks.is_empty() {
@@ -140,7 +148,7 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     let plan = Plan::new(&args);
     let run = args.out.clone().unwrap_or_else(|| PathBuf::from(if args.tiny { "headroom-demo-tiny" } else { "headroom-demo" }));
     let path_arg = |p: &Path| p.display().to_string();
-    let n = 6;
+    let n = 7;
     let mut timings: Vec<(&str, f64)> = Vec::new();
 
     // 1. Assets.
@@ -192,16 +200,27 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     let induction = Step::new("induction", &ind_args);
     stage(4, n, "prefix-matching and copying scores on random sequences (induction heads)", Some(&induction));
     let t = Instant::now();
-    let stamp = run.join("induction").join("demo-command.txt");
-    let done = run.join("induction").join("induction.json").exists()
-        && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == induction.display());
-    if done {
-        println!("  already done (same command): reusing {}", run.join("induction").display());
-    } else {
-        super::induction::run(induction.parse()?, dev)?;
-        headroom::io::write_atomic(&stamp, induction.display().as_bytes())?;
-    }
+    let ind_json = run.join("induction").join("induction.json");
+    once(&induction, &ind_json, || super::induction::run(induction.parse()?, dev))?;
     timings.push(("induction", t.elapsed().as_secs_f64()));
+
+    // 5. Does removing the strongest induction heads hurt accuracy more than random heads?
+    let ablate = Step::new(
+        "induction-ablate",
+        &[
+            ("induction", path_arg(&ind_json)),
+            ("task", plan.tasks.join(",")),
+            ("shots", "0".into()),
+            ("ks", plan.ablate_ks.into()),
+            ("random-sets", plan.random_sets.to_string()),
+            ("limit", plan.limit.to_string()),
+            ("out", path_arg(&run.join("induction"))),
+        ],
+    );
+    stage(5, n, "task accuracy with the top induction heads removed vs random heads", Some(&ablate));
+    let t = Instant::now();
+    once(&ablate, &run.join("induction").join("ablation.json"), || super::induction_ablate::run(ablate.parse()?, dev))?;
+    timings.push(("induction ablation", t.elapsed().as_secs_f64()));
 
     // 5. Rank statistics over every (task, shots) importance matrix.
     let mut files = Vec::new();
@@ -215,14 +234,14 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     let mut compare = Step::new("compare", &[("labels", labels.join(",")), ("aggregate", String::new()), ("random", "0".into()), ("out", path_arg(&run.join("compare")))]);
     compare.argv.push("--scores".into());
     compare.argv.extend(files);
-    stage(5, n, "rank correlations across tasks and shots, top-30% overlaps", Some(&compare));
+    stage(6, n, "rank correlations across tasks and shots, top-30% overlaps", Some(&compare));
     let t = Instant::now();
     super::compare::run(compare.parse()?)?;
     timings.push(("compare", t.elapsed().as_secs_f64()));
 
     // 6. The report.
     let report = Step { argv: vec!["report".into(), path_arg(&run)] };
-    stage(6, n, "the report", Some(&report));
+    stage(7, n, "the report", Some(&report));
     let t = Instant::now();
     let html = run.join("report.html");
     let r = headroom::report::build(&run, &html)?;
@@ -243,6 +262,18 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     println!("\nreport: {} ({} sections, {} figures)", r.html.display(), r.sections.len(), r.figures.len());
     println!("run folder: {}", run.display());
     Ok(())
+}
+
+/// Runs `f` unless `output` exists and was made by the same command line (recorded beside it),
+/// so a rerun of the demo skips stages that are not resumable unit by unit.
+fn once(step: &Step, output: &Path, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let stamp = output.with_extension("command.txt");
+    if output.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == step.display()) {
+        println!("  already done (same command): reusing {}", output.display());
+        return Ok(());
+    }
+    f()?;
+    headroom::io::write_atomic(&stamp, step.display().as_bytes())
 }
 
 /// The model's top next tokens on a factual prompt, and the loss drop on the second copy of a
@@ -310,6 +341,22 @@ fn headline(run: &Path) -> Result<Vec<String>> {
                 .filter_map(|h| Some(format!("L{}H{} ({:.2})", h.get("layer")?, h.get("head")?, h.get("score")?.as_f64()?)))
                 .collect();
             out.push(format!("strongest prefix-matching heads: {}", heads.join(", ")));
+        }
+    }
+    if let Some(ab) = read("induction/ablation.json") {
+        // Mean over tasks, per k: full model, top-k induction heads removed, k random heads removed.
+        let mut by_k: std::collections::BTreeMap<u64, (f64, f64, f64, usize)> = Default::default();
+        for r in ab.get("results").and_then(|v| v.as_array()).into_iter().flatten() {
+            let base = r.pointer("/result/baseline").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            for p in r.pointer("/result/points").and_then(|v| v.as_array()).into_iter().flatten() {
+                let (Some(k), Some(top), Some(rand)) = (p.get("k").and_then(|v| v.as_u64()), p.get("top_accuracy").and_then(|v| v.as_f64()), p.pointer("/random/mean").and_then(|v| v.as_f64())) else { continue };
+                let e = by_k.entry(k).or_default();
+                *e = (e.0 + base, e.1 + top, e.2 + rand, e.3 + 1);
+            }
+        }
+        for (k, (base, top, rand, n)) in by_k {
+            let n = n as f64;
+            out.push(format!("0-shot accuracy, mean over tasks: full {:.3}, top-{k} prefix-matching heads removed {:.3}, {k} random heads removed {:.3}", base / n, top / n, rand / n));
         }
     }
     Ok(out)
