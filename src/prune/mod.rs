@@ -8,6 +8,11 @@
 //! - level p% masks the first k = floor(p * N / 100) entries of a ranking fixed once on the full
 //!   model (not recomputed after each step, spec 9.6); every level is an independent evaluation;
 //! - combined masks are the union of the head and FFN masks.
+//!
+//! [`experiment`] runs the whole experiment (importance, rankings, sweeps, tables) into a run
+//! folder on a real model and tasks.
+
+pub mod experiment;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rand::seq::SliceRandom;

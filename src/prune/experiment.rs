@@ -1,0 +1,507 @@
+//! The paper's pruning experiment (spec 3 and 5) as one resumable, shardable run into a
+//! [`RunFolder`]: importance per (task, shots), rankings, head / FFN / combined sweeps, the FFN
+//! oracle, tidy CSVs and inflection points.
+//!
+//! Plain data in ([`PruneConfig`], loaded tasks, a model), plain data out ([`PruneOutcome`]);
+//! the CLI (`headroom prune`) only parses flags, opens the folder and prints the outcome.
+//!
+//! Stages, each a list of hashed units (so a rerun skips finished work and `--shard` splits it):
+//! 1. importance of every (task, shots) on the full model;
+//! 2. the FFN oracle (optional): the unpruned evaluation and one evaluation per FFN removed;
+//! 3. the sweeps: every (task, shots, ranking, level) evaluated under its mask.
+//!
+//! A stage needs every unit of the previous one (rankings need all importance, the oracle's FFN
+//! order needs all its evaluations), so a shard stops after its share of a stage that other
+//! shards have not finished; `headroom merge` then joins the folders and a rerun continues.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+
+use super::{EvalPoint, RankingSource, SweepRow, SweepUnit};
+use crate::compare::spearman;
+use crate::eval::{evaluate_prepared, prepare, selected_docs, Encoded, EvalConfig, ScoreOptions};
+use crate::importance::{self, AbsMode, ImportanceOptions, ImportanceSums, Normalize};
+use crate::io::write_json;
+use crate::model::{Mask, Model};
+use crate::progress::bar;
+use crate::runs::{RunFolder, Shard, UnitKey};
+use crate::tasks::prompt::{ImportanceOptions as PromptOptions, Prompt};
+use crate::tasks::{self, Task};
+use crate::tokenizer::Tokenizer;
+
+/// Everything a pruning run depends on besides the model, the tasks and the run folder.
+/// (`headroom prune` flags of the same names; defaults are the CLI's.)
+#[derive(Clone, Debug, Serialize)]
+pub struct PruneConfig {
+    /// Shot counts.
+    pub shots: Vec<usize>,
+    /// Evaluate on the first N documents of the seeded evaluation order (None: all).
+    pub limit: Option<usize>,
+    /// Pool documents scored for importance (the authors: the first 2500).
+    pub importance_docs: usize,
+    /// Head rankings to prune with.
+    pub rankings: Vec<RankingSource>,
+    /// Head pruning levels in percent.
+    pub heads: Vec<u32>,
+    /// FFN pruning levels in percent (empty: no FFN sweep).
+    pub ffns: Vec<u32>,
+    /// Also the combined grid heads {0..70} x FFNs {0..50} (step 10).
+    pub combined: bool,
+    /// Compute the FFN oracle (1 + L evaluations per task and shot count) and prune FFNs by it.
+    pub ffn_oracle: bool,
+    /// Inflection tolerance: largest level within this much (absolute) of the unpruned value.
+    pub tolerance: f64,
+    /// Importance: examples per forward/backward.
+    pub importance_batch: usize,
+    /// Evaluation: examples per batch.
+    pub batch_size: usize,
+    /// Seeds the evaluation order, demonstrations and importance prompts.
+    pub seed: u64,
+    /// Truncate inputs to this many tokens (None: the model's context).
+    pub max_length: Option<usize>,
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        Self {
+            shots: vec![0, 1],
+            limit: None,
+            importance_docs: 2500,
+            rankings: vec![RankingSource::Own],
+            heads: super::levels(90, 10),
+            ffns: super::levels(90, 10),
+            combined: false,
+            ffn_oracle: false,
+            tolerance: 0.01,
+            importance_batch: 8,
+            batch_size: 16,
+            seed: 1234,
+            max_length: None,
+        }
+    }
+}
+
+impl PruneConfig {
+    /// Refuses configurations that cannot run (before any work is done).
+    pub fn validate(&self) -> Result<()> {
+        if self.shots.is_empty() || self.heads.is_empty() {
+            bail!("--shots and --heads need at least one value");
+        }
+        if let Some(p) = self.heads.iter().chain(&self.ffns).find(|&&p| p > 100) {
+            bail!("pruning level {p}% is above 100%");
+        }
+        if self.importance_batch == 0 || self.batch_size == 0 {
+            bail!("batch sizes must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The options recorded in the manifest: those that change what a unit means without being
+    /// part of its key. (Rankings and levels are in every eval unit's key through its mask, so a
+    /// rerun may add levels or rankings to an existing folder.) `tasks` are the task names.
+    pub fn manifest_options(&self, tasks: &[String]) -> serde_json::Value {
+        serde_json::json!({
+            "tasks": tasks, "shots": self.shots, "limit": self.limit, "importance_docs": self.importance_docs,
+            "seed": self.seed, "max_length": self.max_length,
+        })
+    }
+}
+
+/// Where a run stopped before writing its tables: the stage whose units other shards still owe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Importance,
+    FfnOracle,
+    Sweeps,
+}
+
+/// Units of one stage: evaluated or scored now, and found finished in the folder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub computed: usize,
+    pub reused: usize,
+}
+
+/// What [`run`] did.
+#[derive(Clone, Debug, Default)]
+pub struct PruneOutcome {
+    /// Importance units (one per task and shot count) of this shard.
+    pub importance: Counts,
+    /// Importance units present in the folder (all shards) and needed.
+    pub importance_present: usize,
+    pub importance_needed: usize,
+    /// FFN oracle evaluations of this shard (None: no oracle, or not reached).
+    pub oracle: Option<Counts>,
+    /// Sweep evaluations of this shard (None: not reached).
+    pub sweeps: Option<Counts>,
+    /// The stage other shards still owe units of (None: complete, tables written).
+    pub stopped_at: Option<Stage>,
+    /// Whether the CSVs and inflection points were written.
+    pub tables_written: bool,
+    /// One line per average inflection point, e.g. "heads (own ranking, 0-shot): average
+    /// inflection at 60% (base 0.712)".
+    pub inflection_summary: Vec<String>,
+}
+
+/// Importance of one (task, shots), as stored in the run folder.
+pub fn importance_key(task: &str, k: usize, cfg: &PruneConfig) -> UnitKey {
+    UnitKey::new("importance", serde_json::json!({"task": task, "shots": k, "docs": cfg.importance_docs, "seed": cfg.seed, "abs_mode": "per_token"}))
+}
+
+/// Runs this shard's share of the experiment into `folder` (whose manifest the caller wrote),
+/// resuming from finished units, and writes the tables when every unit of every shard is done.
+pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, folder: &RunFolder, shard: Shard) -> Result<PruneOutcome> {
+    cfg.validate()?;
+    if tasks.is_empty() {
+        bail!("a pruning run needs at least one task");
+    }
+    let mut outcome = PruneOutcome::default();
+    let (l_n, h_n) = (model.n_layers(), model.n_heads());
+
+    // ---- 1. importance per (task, shots): sharded units ----
+    let pairs: Vec<(usize, usize)> = (0..tasks.len()).flat_map(|t| cfg.shots.iter().map(move |&k| (t, k))).collect();
+    for (i, &(t, k)) in pairs.iter().enumerate() {
+        if !shard.takes(i) {
+            continue;
+        }
+        let task = &tasks[t];
+        let mut computed = 0;
+        let sums: ImportanceSums =
+            folder.get_or_compute(&importance_key(&task.name, k, cfg), &mut computed, || importance_sums(model, tok, task, k, cfg, None))?;
+        outcome.importance.computed += computed;
+        outcome.importance.reused += 1 - computed;
+        let scores = sums.scores(Normalize::Authors);
+        write_json(
+            &folder.root.join("importance").join(format!("{}.{k}shot.json", task.name)),
+            &serde_json::json!({"task": task.name, "shots": k, "heads": scores.heads, "ffns": scores.ffns, "sums": sums,
+                "mean_loss": sums.mean_loss(), "examples": sums.examples, "normalize": "authors", "abs_mode": "per_token",
+                "pool": task.split.pool_source, "model": model.info}),
+        )?;
+    }
+    let mut imp: HashMap<(String, usize), ImportanceSums> = HashMap::new();
+    for &(t, k) in &pairs {
+        if let Some(s) = folder.load::<ImportanceSums>(&importance_key(&tasks[t].name, k, cfg))? {
+            imp.insert((tasks[t].name.clone(), k), s);
+        }
+    }
+    outcome.importance_present = imp.len();
+    outcome.importance_needed = pairs.len();
+    if imp.len() < pairs.len() {
+        outcome.stopped_at = Some(Stage::Importance);
+        return Ok(outcome);
+    }
+    let ranks = Rankings { imp: &imp, tasks, l_n, h_n };
+    let mut evaluator = Evaluator { model, tok, tasks, cfg, prepared: HashMap::new() };
+
+    // ---- 2. FFN oracle (optional): base + one evaluation per FFN removed ----
+    let mut oracle_orders: HashMap<(String, usize), Vec<usize>> = HashMap::new();
+    if cfg.ffn_oracle {
+        let mut units = Vec::new();
+        for t in tasks {
+            for &k in &cfg.shots {
+                units.push(SweepUnit { task: t.name.clone(), shots: k, ranking: "none".into(), heads_pct: 0, ffns_pct: 0 });
+                for l in 0..l_n {
+                    units.push(SweepUnit { task: t.name.clone(), shots: k, ranking: format!("ffn_oracle:{l}"), heads_pct: 0, ffns_pct: 0 });
+                }
+            }
+        }
+        let mut mask_for = |u: &SweepUnit| -> Result<Mask> {
+            let mut m = Mask::ones(l_n, h_n);
+            if let Some(l) = u.ranking.strip_prefix("ffn_oracle:") {
+                m.ffns[l.parse::<usize>()?] = 0.0;
+            }
+            Ok(m)
+        };
+        let out = super::run_sweep(folder, &units, shard, &mut mask_for, &mut |u, m| evaluator.point(u, m), &mut |_, _| {})?;
+        outcome.oracle = Some(Counts { computed: out.computed, reused: out.reused });
+        let Some(rows) = out.rows else {
+            outcome.stopped_at = Some(Stage::FfnOracle);
+            return Ok(outcome);
+        };
+        for chunk in rows.chunks(l_n + 1) {
+            let base = chunk[0].point.value;
+            let without: Vec<f64> = chunk[1..].iter().map(|r| r.point.value).collect();
+            let (diffs, order) = super::ffn_oracle(base, &without);
+            let (task, k) = (chunk[0].unit.task.clone(), chunk[0].unit.shots);
+            let grad = imp[&(task.clone(), k)].scores(Normalize::Authors).ffns;
+            let rho = spearman(&grad, &diffs).ok();
+            write_json(
+                &folder.root.join("ffn_oracle").join(format!("{task}.{k}shot.json")),
+                &serde_json::json!({"task": task, "shots": k, "base": base, "without": without, "diffs": diffs, "order": order,
+                    "gradient_srcc": rho.as_ref().map(|r| r.rho), "gradient_srcc_p": rho.as_ref().map(|r| r.p_value),
+                    "note": "diffs are percentage points on the evaluation split: this oracle sees the data that pruned accuracy is reported on, as the authors' did"}),
+            )?;
+            oracle_orders.insert((task, k), order);
+        }
+    }
+
+    // ---- 3. sweeps ----
+    let units = sweep_units(tasks, cfg);
+    // A unit's mask: heads by the head ranking (the label before '+', or the whole label when
+    // only heads are pruned), FFNs by the gradient or oracle order.
+    let mut mask_for = |u: &SweepUnit| -> Result<Mask> {
+        let (head_label, ffn_label) = match u.ranking.split_once('+') {
+            Some((h, f)) => (h.to_string(), f.to_string()),
+            None if u.ffns_pct > 0 => ("own".into(), u.ranking.clone()),
+            None => (u.ranking.clone(), "gradient".into()),
+        };
+        let mut m = Mask::ones(l_n, h_n);
+        if u.heads_pct > 0 {
+            m = super::head_mask(&ranks.head_ranking(&head_label, &u.task, u.shots)?, l_n, h_n, u.heads_pct)?;
+        }
+        if u.ffns_pct > 0 {
+            let order = match ffn_label.as_str() {
+                "gradient" => ranks.grad_ffn_order(&u.task, u.shots)?,
+                "oracle" => oracle_orders.get(&(u.task.clone(), u.shots)).cloned().ok_or_else(|| anyhow!("no FFN oracle for {}", u.task))?,
+                other => bail!("unknown FFN ranking {other}"),
+            };
+            m = super::union(&m, &super::ffn_mask(&order, l_n, h_n, u.ffns_pct)?);
+        }
+        Ok(m)
+    };
+    let total = units.iter().enumerate().filter(|(i, _)| shard.takes(*i)).count();
+    let overall = bar(total, "sweep units");
+    let out = super::run_sweep(folder, &units, shard, &mut mask_for, &mut |u, m| evaluator.point(u, m), &mut |d, _| overall.set_position(d as u64))?;
+    overall.finish_and_clear();
+    outcome.sweeps = Some(Counts { computed: out.computed, reused: out.reused });
+    let Some(rows) = out.rows else {
+        outcome.stopped_at = Some(Stage::Sweeps);
+        return Ok(outcome);
+    };
+    outcome.inflection_summary = write_outputs(folder, &rows, cfg)?;
+    outcome.tables_written = true;
+    Ok(outcome)
+}
+
+/// The sweep's units in a fixed order (a pure function of the config, so shards agree): per
+/// task and shot count, every head ranking's levels, then the FFN levels per FFN order, then
+/// the combined grid. Every 0% level is one shared unit labelled `none`.
+pub fn sweep_units(tasks: &[Task], cfg: &PruneConfig) -> Vec<SweepUnit> {
+    let mut units: Vec<SweepUnit> = Vec::new();
+    let mut push = |u: SweepUnit| {
+        let u = if u.heads_pct == 0 && u.ffns_pct == 0 { SweepUnit { ranking: "none".into(), ..u } } else { u };
+        if !units.contains(&u) {
+            units.push(u);
+        }
+    };
+    let ffn_sources: Vec<&str> = if cfg.ffn_oracle { vec!["gradient", "oracle"] } else { vec!["gradient"] };
+    for t in tasks {
+        for &k in &cfg.shots {
+            for r in &cfg.rankings {
+                for &p in &cfg.heads {
+                    push(SweepUnit { task: t.name.clone(), shots: k, ranking: r.label(), heads_pct: p, ffns_pct: 0 });
+                }
+            }
+            for src in &ffn_sources {
+                for &p in &cfg.ffns {
+                    push(SweepUnit { task: t.name.clone(), shots: k, ranking: src.to_string(), heads_pct: 0, ffns_pct: p });
+                }
+                if cfg.combined {
+                    for hp in super::levels(70, 10) {
+                        for fp in super::levels(50, 10) {
+                            push(SweepUnit { task: t.name.clone(), shots: k, ranking: format!("own+{src}"), heads_pct: hp, ffns_pct: fp });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    units
+}
+
+/// Importance sums of one task at k shots on the model under `mask` (None: the full model).
+fn importance_sums(model: &Model, tok: &Tokenizer, task: &Task, k: usize, cfg: &PruneConfig, mask: Option<Mask>) -> Result<ImportanceSums> {
+    let max_len = cfg.max_length.map_or(model.info.context_length, |m| m.min(model.info.context_length));
+    let prompts = tasks::prompt::importance_prompts(
+        task,
+        &PromptOptions { shots: k, max_docs: cfg.importance_docs, seed: cfg.seed, leading_space: false, exclude_query: false },
+    )?;
+    let (tp, truncated) = importance::tokenize_prompts(tok, &prompts, max_len)?;
+    if truncated > 0 {
+        eprintln!("  {} {k}-shot: {truncated} importance prompts truncated on the left", task.name);
+    }
+    let b = bar(tp.len(), &format!("importance {} {k}-shot", task.name));
+    let opts = ImportanceOptions { abs_mode: AbsMode::PerToken, batch_size: cfg.importance_batch, mask, keep_per_example: false };
+    let (sums, _) = importance::accumulate(model, &tp, &opts, &mut |d, _| b.set_position(d as u64))?;
+    b.finish_and_clear();
+    Ok(sums)
+}
+
+/// Head and FFN rankings from the importance of every (task, shots) of the run.
+struct Rankings<'a> {
+    imp: &'a HashMap<(String, usize), ImportanceSums>,
+    tasks: &'a [Task],
+    l_n: usize,
+    h_n: usize,
+}
+
+impl Rankings<'_> {
+    /// A task's head scores at k shots, flat layer-major `[L * H]`.
+    fn head_scores(&self, task: &str, k: usize) -> Result<Vec<f64>> {
+        let s = self.imp.get(&(task.to_string(), k)).ok_or_else(|| anyhow!("task {task} is not part of this run (add it to --tasks)"))?;
+        Ok(super::flatten(&s.scores(Normalize::Authors).heads))
+    }
+
+    /// The authors' aggregate: the element-wise mean of the per-task matrices, flat `[L * H]`.
+    fn aggregate(&self, k: usize) -> Result<Vec<f64>> {
+        let mut acc = vec![0.0; self.l_n * self.h_n];
+        for t in self.tasks {
+            self.head_scores(&t.name, k)?.iter().zip(acc.iter_mut()).for_each(|(x, a)| *a += x / self.tasks.len() as f64);
+        }
+        Ok(acc)
+    }
+
+    fn head_ranking(&self, label: &str, task: &str, k: usize) -> Result<Vec<usize>> {
+        Ok(match RankingSource::parse(label)? {
+            RankingSource::Own => super::ascending_ranking(&self.head_scores(task, k)?),
+            RankingSource::Aggregate => super::ascending_ranking(&self.aggregate(k)?),
+            RankingSource::Task(t) => super::ascending_ranking(&self.head_scores(&t, k)?),
+            RankingSource::Random(seed) => super::random_ranking(self.l_n * self.h_n, seed),
+            RankingSource::File(p) => {
+                let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("cannot read {p}"))?)
+                    .map_err(|e| anyhow!("{p}: {e}"))?;
+                let heads: Vec<Vec<f64>> = serde_json::from_value(v["heads"].clone()).map_err(|e| anyhow!("{p}: `heads` should be [[score]...]: {e}"))?;
+                super::ascending_ranking(&super::flatten(&heads))
+            }
+        })
+    }
+
+    fn grad_ffn_order(&self, task: &str, k: usize) -> Result<Vec<usize>> {
+        let s = self.imp.get(&(task.to_string(), k)).ok_or_else(|| anyhow!("no importance for {task}"))?;
+        Ok(super::ascending_ranking(&s.scores(Normalize::Authors).ffns))
+    }
+}
+
+/// Evaluates tasks under masks; prompts are built and tokenized once per (task, shots), on
+/// first use (they do not depend on the mask).
+struct Evaluator<'a> {
+    model: &'a Model,
+    tok: &'a Tokenizer,
+    tasks: &'a [Task],
+    cfg: &'a PruneConfig,
+    prepared: HashMap<(usize, usize), (EvalConfig, Vec<Prompt>, Vec<Encoded>)>,
+}
+
+impl Evaluator<'_> {
+    fn point(&mut self, u: &SweepUnit, mask: &Mask) -> Result<EvalPoint> {
+        let t = self.tasks.iter().position(|t| t.name == u.task).ok_or_else(|| anyhow!("unknown task {}", u.task))?;
+        let task = &self.tasks[t];
+        if !self.prepared.contains_key(&(t, u.shots)) {
+            let ecfg = EvalConfig {
+                shots: u.shots,
+                limit: self.cfg.limit,
+                seed: self.cfg.seed,
+                score: ScoreOptions { batch_size: self.cfg.batch_size, ..ScoreOptions::default() },
+                max_length: self.cfg.max_length,
+                ..EvalConfig::default()
+            };
+            let docs = selected_docs(task, &ecfg);
+            let (p, e) = prepare(task, &docs, &ecfg, self.tok, self.model)?;
+            self.prepared.insert((t, u.shots), (ecfg, p, e));
+        }
+        let (ecfg, p, e) = &self.prepared[&(t, u.shots)];
+        let b = bar(p.len(), &format!("{} {}-shot {} h{}% f{}%", u.task, u.shots, u.ranking, u.heads_pct, u.ffns_pct));
+        let out = evaluate_prepared(self.model, task, ecfg, p, e, Some(mask), &mut |d| b.inc(d as u64))?;
+        b.finish_and_clear();
+        Ok(out.summary.point())
+    }
+}
+
+/// The tidy CSVs, inflection points (per task and for the average over tasks), and the list of
+/// deviations from the paper's setup. Returns the average inflection points, one line each.
+fn write_outputs(folder: &RunFolder, rows: &[SweepRow], cfg: &PruneConfig) -> Result<Vec<String>> {
+    // The 0% point belongs to every curve of its task and shot count.
+    let base = |task: &str, k: usize| rows.iter().find(|r| r.unit.task == task && r.unit.shots == k && r.unit.heads_pct == 0 && r.unit.ffns_pct == 0);
+    let mut heads = Vec::new();
+    let mut ffns = Vec::new();
+    let mut combined = Vec::new();
+    for r in rows {
+        let u = &r.unit;
+        if u.ranking.contains('+') {
+            combined.push(r.clone());
+        } else if u.ffns_pct > 0 || ["gradient", "oracle"].contains(&u.ranking.as_str()) {
+            ffns.push(r.clone());
+        } else if u.heads_pct > 0 {
+            heads.push(r.clone());
+        }
+    }
+    // Give each curve its own copy of the 0% point, labelled with the curve's ranking.
+    let with_base = |set: &mut Vec<SweepRow>| {
+        let mut labels: Vec<(String, usize, String)> = set.iter().map(|r| (r.unit.task.clone(), r.unit.shots, r.unit.ranking.clone())).collect();
+        labels.sort();
+        labels.dedup();
+        for (task, k, ranking) in labels {
+            if let Some(b) = base(&task, k) {
+                if !set.iter().any(|r| r.unit.task == task && r.unit.shots == k && r.unit.ranking == ranking && r.unit.heads_pct == 0 && r.unit.ffns_pct == 0) {
+                    set.push(SweepRow { unit: SweepUnit { ranking: ranking.clone(), ..b.unit.clone() }, point: b.point.clone() });
+                }
+            }
+        }
+        set.sort_by(|a, b| {
+            (&a.unit.task, a.unit.shots, &a.unit.ranking, a.unit.heads_pct, a.unit.ffns_pct)
+                .cmp(&(&b.unit.task, b.unit.shots, &b.unit.ranking, b.unit.heads_pct, b.unit.ffns_pct))
+        });
+    };
+    with_base(&mut heads);
+    with_base(&mut ffns);
+    with_base(&mut combined);
+    folder.write("sweeps/heads.csv", super::tidy_csv(&heads).as_bytes())?;
+    folder.write("sweeps/ffns.csv", super::tidy_csv(&ffns).as_bytes())?;
+    if !combined.is_empty() {
+        folder.write("sweeps/combined.csv", super::tidy_csv(&combined).as_bytes())?;
+    }
+    // Inflection points: per curve, and for the average over tasks of each (shots, ranking).
+    let mut infl = String::from("task,shots,ranking,kind,inflection_pct,tolerance,base_value\n");
+    let mut summary = Vec::new();
+    for (kind, set) in [("heads", &heads), ("ffns", &ffns)] {
+        let mut curves: Vec<(String, usize, String)> = set.iter().map(|r| (r.unit.task.clone(), r.unit.shots, r.unit.ranking.clone())).collect();
+        curves.sort();
+        curves.dedup();
+        let pct = |r: &SweepRow| if kind == "heads" { r.unit.heads_pct } else { r.unit.ffns_pct };
+        let mut by_avg: HashMap<(usize, String), Vec<(u32, f64)>> = HashMap::new();
+        for (task, k, ranking) in &curves {
+            let pts: Vec<(u32, f64)> = set.iter().filter(|r| &r.unit.task == task && r.unit.shots == *k && &r.unit.ranking == ranking).map(|r| (pct(r), r.point.value)).collect();
+            for p in &pts {
+                by_avg.entry((*k, ranking.clone())).or_default().push(*p);
+            }
+            if let Some(ip) = super::inflection(&pts, cfg.tolerance) {
+                let b = pts.iter().find(|p| p.0 == 0).map_or(f64::NAN, |p| p.1);
+                infl.push_str(&format!("{task},{k},{ranking},{kind},{ip},{},{b:.6}\n", cfg.tolerance));
+            }
+        }
+        let mut avg_keys: Vec<&(usize, String)> = by_avg.keys().collect();
+        avg_keys.sort();
+        for key in avg_keys {
+            let pts = &by_avg[key];
+            let mut levels: Vec<u32> = pts.iter().map(|p| p.0).collect();
+            levels.sort();
+            levels.dedup();
+            let avg: Vec<(u32, f64)> = levels
+                .iter()
+                .map(|&l| {
+                    let v: Vec<f64> = pts.iter().filter(|p| p.0 == l).map(|p| p.1).collect();
+                    (l, v.iter().sum::<f64>() / v.len() as f64)
+                })
+                .collect();
+            if let Some(ip) = super::inflection(&avg, cfg.tolerance) {
+                let b = avg.iter().find(|p| p.0 == 0).map_or(f64::NAN, |p| p.1);
+                infl.push_str(&format!("average,{},{},{kind},{ip},{},{b:.6}\n", key.0, key.1, cfg.tolerance));
+                summary.push(format!("{kind} ({} ranking, {}-shot): average inflection at {ip}% (base {b:.3})", key.1, key.0));
+            }
+        }
+    }
+    folder.write("sweeps/inflection.csv", infl.as_bytes())?;
+    let mut deviations = vec![
+        "Demonstrations are sampled with headroom's seeded generator, not Python's random module seeded 1234: the specific demos differ from the authors'.".to_string(),
+    ];
+    if let Some(limit) = cfg.limit {
+        deviations.push(format!("Evaluation uses the first {limit} documents of a seeded shuffle of the evaluation split, not all of it."));
+    }
+    if cfg.importance_docs != 2500 {
+        deviations.push(format!("Importance uses the first {} pool documents (the authors: 2500).", cfg.importance_docs));
+    }
+    write_json(&folder.root.join("deviations.json"), &deviations)?;
+    Ok(summary)
+}
