@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 use headroom::prune::experiment::{self, PruneConfig, Stage};
@@ -34,6 +34,10 @@ pub struct PruneArgs {
     /// Pool documents scored for importance (the authors: the first 2500).
     #[arg(long, default_value_t = 2500)]
     importance_docs: usize,
+    /// Out-of-distribution tasks (e.g. `lambada`), comma-separated: importance-scored and pruned
+    /// like --tasks (own ranking included) but left out of the `aggregate` ranking (spec 5.5).
+    #[arg(long, value_delimiter = ',')]
+    ood_tasks: Vec<String>,
     /// Head rankings to prune with: own, aggregate, task:NAME, random:SEED, file:PATH.
     #[arg(long, value_delimiter = ',', default_value = "own")]
     ranking: Vec<String>,
@@ -90,7 +94,11 @@ pub fn run(args: PruneArgs, dev: &Device) -> Result<()> {
         batch_size: args.batch_size,
         seed: args.seed,
         max_length: args.max_length,
+        ood_tasks: args.ood_tasks.clone(),
     };
+    if let Some(t) = args.ood_tasks.iter().find(|t| args.tasks.contains(t)) {
+        bail!("task {t} is in both --tasks and --ood-tasks; list it once (--ood-tasks adds tasks to the run)");
+    }
     cfg.validate()?;
     let shard = Shard::from_flag_or_env(args.shard.as_deref())?;
     let (path, model) = super::load_model(&args.model, dev)?;
@@ -114,7 +122,7 @@ pub fn run(args: PruneArgs, dev: &Device) -> Result<()> {
     let folder = RunFolder::open(&args.out, manifest)?;
     eprintln!("run folder {} (shard {}/{})", args.out.display(), shard.index, shard.count);
     // Importance always needs the demonstration pool.
-    let task_list: Vec<Task> = args.tasks.iter().map(|name| tasks::load(name, &args.source.options(true)?)).collect::<Result<_>>()?;
+    let task_list: Vec<Task> = args.tasks.iter().chain(&args.ood_tasks).map(|name| tasks::load(name, &args.source.options(true)?)).collect::<Result<_>>()?;
 
     let out = experiment::run(&model, &tok, &task_list, &cfg, &folder, shard)?;
     match out.stopped_at {

@@ -61,6 +61,11 @@ pub struct PruneConfig {
     pub seed: u64,
     /// Truncate inputs to this many tokens (None: the model's context).
     pub max_length: Option<usize>,
+    /// Out-of-distribution tasks (spec 5.5, e.g. LAMBADA): scored and pruned like the others
+    /// (own ranking included) but left out of the `aggregate` ranking, so that pruning them
+    /// with the aggregate tests how the in-distribution tasks' ranking transfers. Names of tasks
+    /// passed to [`run`].
+    pub ood_tasks: Vec<String>,
 }
 
 impl Default for PruneConfig {
@@ -79,6 +84,7 @@ impl Default for PruneConfig {
             batch_size: 16,
             seed: 1234,
             max_length: None,
+            ood_tasks: vec![],
         }
     }
 }
@@ -100,12 +106,17 @@ impl PruneConfig {
 
     /// The options recorded in the manifest: those that change what a unit means without being
     /// part of its key. (Rankings and levels are in every eval unit's key through its mask, so a
-    /// rerun may add levels or rankings to an existing folder.) `tasks` are the task names.
+    /// rerun may add levels or rankings to an existing folder.) `tasks` are the in-distribution
+    /// task names; `ood_tasks` is recorded only when set, so folders of earlier runs still open.
     pub fn manifest_options(&self, tasks: &[String]) -> serde_json::Value {
-        serde_json::json!({
+        let mut o = serde_json::json!({
             "tasks": tasks, "shots": self.shots, "limit": self.limit, "importance_docs": self.importance_docs,
             "seed": self.seed, "max_length": self.max_length,
-        })
+        });
+        if !self.ood_tasks.is_empty() {
+            o["ood_tasks"] = serde_json::json!(self.ood_tasks);
+        }
+        o
     }
 }
 
@@ -157,6 +168,14 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
     if tasks.is_empty() {
         bail!("a pruning run needs at least one task");
     }
+    for (i, t) in tasks.iter().enumerate() {
+        if tasks[..i].iter().any(|o| o.name == t.name) {
+            bail!("task {} is listed twice", t.name);
+        }
+    }
+    if let Some(o) = cfg.ood_tasks.iter().find(|o| !tasks.iter().any(|t| &t.name == *o)) {
+        bail!("OOD task {o} is not one of the run's tasks");
+    }
     let mut outcome = PruneOutcome::default();
     let (l_n, h_n) = (model.n_layers(), model.n_heads());
 
@@ -192,7 +211,20 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
         outcome.stopped_at = Some(Stage::Importance);
         return Ok(outcome);
     }
-    let ranks = Rankings { imp: &imp, tasks, l_n, h_n };
+    let in_dist: Vec<&Task> = tasks.iter().filter(|t| !cfg.ood_tasks.contains(&t.name)).collect();
+    let ranks = Rankings { imp: &imp, in_dist: &in_dist, l_n, h_n };
+    // The aggregate matrices, for the report and `headroom induction --importance`.
+    if !in_dist.is_empty() {
+        for &k in &cfg.shots {
+            let (heads, ffns) = ranks.aggregate(k)?;
+            write_json(
+                &folder.root.join("rankings").join(format!("aggregate.{k}shot.json")),
+                &serde_json::json!({"shots": k, "tasks": in_dist.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                    "heads": heads.chunks(h_n).collect::<Vec<_>>(), "ffns": ffns, "normalize": "authors",
+                    "note": "element-wise mean of the in-distribution tasks' importance matrices (OOD tasks left out)"}),
+            )?;
+        }
+    }
     let mut evaluator = Evaluator { model, tok, tasks, cfg, prepared: HashMap::new() };
 
     // ---- 2. FFN oracle (optional): base + one evaluation per FFN removed ----
@@ -332,7 +364,8 @@ fn importance_sums(model: &Model, tok: &Tokenizer, task: &Task, k: usize, cfg: &
 /// Head and FFN rankings from the importance of every (task, shots) of the run.
 struct Rankings<'a> {
     imp: &'a HashMap<(String, usize), ImportanceSums>,
-    tasks: &'a [Task],
+    /// The tasks the aggregate averages: the run's tasks less the OOD ones.
+    in_dist: &'a [&'a Task],
     l_n: usize,
     h_n: usize,
 }
@@ -344,19 +377,27 @@ impl Rankings<'_> {
         Ok(super::flatten(&s.scores(Normalize::Authors).heads))
     }
 
-    /// The authors' aggregate: the element-wise mean of the per-task matrices, flat `[L * H]`.
-    fn aggregate(&self, k: usize) -> Result<Vec<f64>> {
-        let mut acc = vec![0.0; self.l_n * self.h_n];
-        for t in self.tasks {
-            self.head_scores(&t.name, k)?.iter().zip(acc.iter_mut()).for_each(|(x, a)| *a += x / self.tasks.len() as f64);
+    /// The authors' aggregate: the element-wise mean of the in-distribution tasks' matrices,
+    /// heads flat `[L * H]` and FFNs `[L]`.
+    fn aggregate(&self, k: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+        if self.in_dist.is_empty() {
+            bail!("the aggregate ranking needs at least one task that is not OOD");
         }
-        Ok(acc)
+        let n = self.in_dist.len() as f64;
+        let mut heads = vec![0.0; self.l_n * self.h_n];
+        let mut ffns = vec![0.0; self.l_n];
+        for t in self.in_dist {
+            self.head_scores(&t.name, k)?.iter().zip(heads.iter_mut()).for_each(|(x, a)| *a += x / n);
+            let s = self.imp.get(&(t.name.clone(), k)).ok_or_else(|| anyhow!("no importance for {}", t.name))?;
+            s.scores(Normalize::Authors).ffns.iter().zip(ffns.iter_mut()).for_each(|(x, a)| *a += x / n);
+        }
+        Ok((heads, ffns))
     }
 
     fn head_ranking(&self, label: &str, task: &str, k: usize) -> Result<Vec<usize>> {
         Ok(match RankingSource::parse(label)? {
             RankingSource::Own => super::ascending_ranking(&self.head_scores(task, k)?),
-            RankingSource::Aggregate => super::ascending_ranking(&self.aggregate(k)?),
+            RankingSource::Aggregate => super::ascending_ranking(&self.aggregate(k)?.0),
             RankingSource::Task(t) => super::ascending_ranking(&self.head_scores(&t, k)?),
             RankingSource::Random(seed) => super::random_ranking(self.l_n * self.h_n, seed),
             RankingSource::File(p) => {

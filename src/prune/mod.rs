@@ -103,7 +103,8 @@ pub fn ffn_oracle(base: f64, without: &[f64]) -> (Vec<f64>, Vec<usize>) {
 pub enum RankingSource {
     /// The target task's own importance for that shot count.
     Own,
-    /// The mean of the raw importance matrices over all tasks of the run (the authors' aggregate).
+    /// The mean of the importance matrices over the run's tasks less the OOD ones (the authors'
+    /// aggregate).
     Aggregate,
     /// Another task's importance.
     Task(String),
