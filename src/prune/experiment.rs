@@ -10,6 +10,12 @@
 //! 2. the FFN oracle (optional): the unpruned evaluation and one evaluation per FFN removed;
 //! 3. the sweeps: every (task, shots, ranking, level) evaluated under its mask.
 //!
+//! Files beside `units/` (all derived from units, so rewritten on every complete run):
+//! `importance/<task>.<k>shot.json`, `rankings/aggregate.<k>shot.json` (`{shots, tasks, heads
+//! [L][H], ffns [L]}`), `ffn_oracle/<task>.<k>shot.json`, `eval/<task>.<k>shot.json` (the
+//! unpruned model's summary, as `headroom eval` writes it), `sweeps/{heads,ffns,combined}.csv`,
+//! `sweeps/inflection.csv`, `deviations.json`.
+//!
 //! A stage needs every unit of the previous one (rankings need all importance, the oracle's FFN
 //! order needs all its evaluations), so a shard stops after its share of a stage that other
 //! shards have not finished; `headroom merge` then joins the folders and a rerun continues.
@@ -21,7 +27,7 @@ use serde::Serialize;
 
 use super::{EvalPoint, RankingSource, SweepRow, SweepUnit};
 use crate::compare::spearman;
-use crate::eval::{evaluate_prepared, prepare, selected_docs, Encoded, EvalConfig, ScoreOptions};
+use crate::eval::{evaluate_prepared, prepare, selected_docs, Encoded, EvalConfig, EvalOutput, ScoreOptions};
 use crate::importance::{self, AbsMode, ImportanceOptions, ImportanceSums, Normalize};
 use crate::io::write_json;
 use crate::model::{Mask, Model};
@@ -147,6 +153,9 @@ pub struct PruneOutcome {
     pub oracle: Option<Counts>,
     /// Sweep evaluations of this shard (None: not reached).
     pub sweeps: Option<Counts>,
+    /// Baseline summaries (`eval/<task>.<k>shot.json`) found as units, or evaluated again
+    /// because the folder had none (None: tables not reached).
+    pub baselines: Option<Counts>,
     /// The stage other shards still owe units of (None: complete, tables written).
     pub stopped_at: Option<Stage>,
     /// Whether the CSVs and inflection points were written.
@@ -225,7 +234,7 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
             )?;
         }
     }
-    let mut evaluator = Evaluator { model, tok, tasks, cfg, prepared: HashMap::new() };
+    let mut evaluator = Evaluator { model, tok, tasks, cfg, folder, prepared: HashMap::new() };
 
     // ---- 2. FFN oracle (optional): base + one evaluation per FFN removed ----
     let mut oracle_orders: HashMap<(String, usize), Vec<usize>> = HashMap::new();
@@ -304,7 +313,33 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
     };
     outcome.inflection_summary = write_outputs(folder, &rows, cfg)?;
     outcome.tables_written = true;
+    // Every baseline file, also on a resumed or merged run: from its unit, or evaluated once
+    // more when the folder predates baseline units (the base eval unit holds only the point).
+    let mut baselines = Counts::default();
+    for t in tasks {
+        for &k in &cfg.shots {
+            let summary: serde_json::Value = match folder.load(&baseline_key(&t.name, k))? {
+                Some(v) => {
+                    baselines.reused += 1;
+                    v
+                }
+                None => {
+                    let u = SweepUnit { task: t.name.clone(), shots: k, ranking: "none".into(), heads_pct: 0, ffns_pct: 0 };
+                    baselines.computed += 1;
+                    evaluator.baseline(&u, &Mask::ones(l_n, h_n))?.1
+                }
+            };
+            write_json(&folder.root.join("eval").join(format!("{}.{k}shot.json", t.name)), &summary)?;
+        }
+    }
+    outcome.baselines = Some(baselines);
     Ok(outcome)
+}
+
+/// The full evaluation summary of a task's unpruned model (what `headroom eval` writes), stored
+/// beside the sweep's eval unit of the 0% level, which keeps only the headline point.
+pub fn baseline_key(task: &str, k: usize) -> UnitKey {
+    UnitKey::new("eval_summary", serde_json::json!({"task": task, "shots": k}))
 }
 
 /// The sweep's units in a fixed order (a pure function of the config, so shards agree): per
@@ -422,11 +457,37 @@ struct Evaluator<'a> {
     tok: &'a Tokenizer,
     tasks: &'a [Task],
     cfg: &'a PruneConfig,
+    folder: &'a RunFolder,
     prepared: HashMap<(usize, usize), (EvalConfig, Vec<Prompt>, Vec<Encoded>)>,
 }
 
 impl Evaluator<'_> {
+    /// The headline point of `u` under `mask`. The unpruned model's full summary is also kept
+    /// (unit + `eval/<task>.<k>shot.json`), so the report has baselines without a separate run.
     fn point(&mut self, u: &SweepUnit, mask: &Mask) -> Result<EvalPoint> {
+        if u.heads_pct == 0 && u.ffns_pct == 0 && mask.heads_removed() == 0 && mask.ffns_removed() == 0 {
+            let (point, summary) = self.baseline(u, mask)?;
+            write_json(&self.folder.root.join("eval").join(format!("{}.{}shot.json", u.task, u.shots)), &summary)?;
+            return Ok(point);
+        }
+        Ok(self.evaluate(u, mask)?.summary.point())
+    }
+
+    /// Evaluates the unpruned model, stores its summary as a unit, and returns the point and the
+    /// summary as `headroom eval` writes it (plus the model path, no mask, the tool version).
+    fn baseline(&mut self, u: &SweepUnit, mask: &Mask) -> Result<(EvalPoint, serde_json::Value)> {
+        let out = self.evaluate(u, mask)?;
+        let mut summary = serde_json::to_value(&out.summary)?;
+        if let Some(obj) = summary.as_object_mut() {
+            obj.insert("model".into(), serde_json::json!(self.folder.manifest.model.path));
+            obj.insert("mask".into(), serde_json::Value::Null);
+            obj.insert("headroom_version".into(), serde_json::json!(env!("CARGO_PKG_VERSION")));
+        }
+        self.folder.store(&baseline_key(&u.task, u.shots), &summary)?;
+        Ok((out.summary.point(), summary))
+    }
+
+    fn evaluate(&mut self, u: &SweepUnit, mask: &Mask) -> Result<EvalOutput> {
         let t = self.tasks.iter().position(|t| t.name == u.task).ok_or_else(|| anyhow!("unknown task {}", u.task))?;
         let task = &self.tasks[t];
         if !self.prepared.contains_key(&(t, u.shots)) {
@@ -446,7 +507,7 @@ impl Evaluator<'_> {
         let b = bar(p.len(), &format!("{} {}-shot {} h{}% f{}%", u.task, u.shots, u.ranking, u.heads_pct, u.ffns_pct));
         let out = evaluate_prepared(self.model, task, ecfg, p, e, Some(mask), &mut |d| b.inc(d as u64))?;
         b.finish_and_clear();
-        Ok(out.summary.point())
+        Ok(out)
     }
 }
 
