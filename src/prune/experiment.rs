@@ -555,7 +555,9 @@ fn write_outputs(folder: &RunFolder, rows: &[SweepRow], cfg: &PruneConfig) -> Re
         folder.write("sweeps/combined.csv", super::tidy_csv(&combined).as_bytes())?;
     }
     // Inflection points: per curve, and for the average over tasks of each (shots, ranking).
-    let mut infl = String::from("task,shots,ranking,kind,inflection_pct,tolerance,base_value\n");
+    // base_stderr and base_n: the unpruned point's standard error and size, so a reader can
+    // tell whether the drop that ends a curve is larger than the noise.
+    let mut infl = String::from("task,shots,ranking,kind,inflection_pct,tolerance,base_value,base_stderr,base_n\n");
     let mut summary = Vec::new();
     for (kind, set) in [("heads", &heads), ("ffns", &ffns)] {
         let mut curves: Vec<(String, usize, String)> = set.iter().map(|r| (r.unit.task.clone(), r.unit.shots, r.unit.ranking.clone())).collect();
@@ -563,14 +565,21 @@ fn write_outputs(folder: &RunFolder, rows: &[SweepRow], cfg: &PruneConfig) -> Re
         curves.dedup();
         let pct = |r: &SweepRow| if kind == "heads" { r.unit.heads_pct } else { r.unit.ffns_pct };
         let mut by_avg: HashMap<(usize, String), Vec<(u32, f64)>> = HashMap::new();
+        // The 0% points averaged, per (shots, ranking).
+        let mut avg_bases: HashMap<(usize, String), Vec<EvalPoint>> = HashMap::new();
         for (task, k, ranking) in &curves {
-            let pts: Vec<(u32, f64)> = set.iter().filter(|r| &r.unit.task == task && r.unit.shots == *k && &r.unit.ranking == ranking).map(|r| (pct(r), r.point.value)).collect();
+            let curve: Vec<&SweepRow> = set.iter().filter(|r| &r.unit.task == task && r.unit.shots == *k && &r.unit.ranking == ranking).collect();
+            let pts: Vec<(u32, f64)> = curve.iter().map(|r| (pct(r), r.point.value)).collect();
             for p in &pts {
                 by_avg.entry((*k, ranking.clone())).or_default().push(*p);
             }
+            let base_point = curve.iter().find(|r| pct(r) == 0).map(|r| &r.point);
+            if let Some(b) = base_point {
+                avg_bases.entry((*k, ranking.clone())).or_default().push(b.clone());
+            }
             if let Some(ip) = super::inflection(&pts, cfg.tolerance) {
-                let b = pts.iter().find(|p| p.0 == 0).map_or(f64::NAN, |p| p.1);
-                infl.push_str(&format!("{task},{k},{ranking},{kind},{ip},{},{b:.6}\n", cfg.tolerance));
+                let (b, se, n) = base_point.map_or((f64::NAN, f64::NAN, 0), |p| (p.value, p.stderr, p.n));
+                infl.push_str(&format!("{task},{k},{ranking},{kind},{ip},{},{b:.6},{se:.6},{n}\n", cfg.tolerance));
             }
         }
         let mut avg_keys: Vec<&(usize, String)> = by_avg.keys().collect();
@@ -589,7 +598,12 @@ fn write_outputs(folder: &RunFolder, rows: &[SweepRow], cfg: &PruneConfig) -> Re
                 .collect();
             if let Some(ip) = super::inflection(&avg, cfg.tolerance) {
                 let b = avg.iter().find(|p| p.0 == 0).map_or(f64::NAN, |p| p.1);
-                infl.push_str(&format!("average,{},{},{kind},{ip},{},{b:.6}\n", key.0, key.1, cfg.tolerance));
+                // The mean of T independent task means: stderr sqrt(sum se_t^2) / T, n the
+                // documents of all T.
+                let bases = avg_bases.get(key).map_or(&[][..], |v| v.as_slice());
+                let se = bases.iter().map(|p| p.stderr * p.stderr).sum::<f64>().sqrt() / bases.len().max(1) as f64;
+                let n: usize = bases.iter().map(|p| p.n).sum();
+                infl.push_str(&format!("average,{},{},{kind},{ip},{},{b:.6},{se:.6},{n}\n", key.0, key.1, cfg.tolerance));
                 summary.push(format!("{kind} ({} ranking, {}-shot): average inflection at {ip}% (base {b:.3})", key.1, key.0));
             }
         }
