@@ -54,6 +54,11 @@ pub struct PruneArgs {
     /// evaluation split, as the authors did) and prune FFNs by it too.
     #[arg(long)]
     ffn_oracle: bool,
+    /// Also prune heads iteratively (Michel et al.): after each --heads level, re-score importance
+    /// on the pruned model and extend the mask by the lowest-scored remaining heads. Rows get
+    /// ranking `recompute`; each level's mask goes to RUN/recompute/<task>.<k>shot.<p>.mask.json.
+    #[arg(long)]
+    recompute: bool,
     /// Inflection tolerance: largest level within this much (absolute) of the unpruned value.
     #[arg(long, default_value_t = 0.01)]
     tolerance: f64,
@@ -95,6 +100,7 @@ pub fn run(args: PruneArgs, dev: &Device) -> Result<()> {
         seed: args.seed,
         max_length: args.max_length,
         ood_tasks: args.ood_tasks.clone(),
+        recompute: args.recompute,
     };
     if let Some(t) = args.ood_tasks.iter().find(|t| args.tasks.contains(t)) {
         bail!("task {t} is in both --tasks and --ood-tasks; list it once (--ood-tasks adds tasks to the run)");
@@ -142,9 +148,15 @@ pub fn run(args: PruneArgs, dev: &Device) -> Result<()> {
     if let Some(s) = out.sweeps {
         println!("sweeps: {} units evaluated now, {} reused", s.computed, s.reused);
     }
+    if let (Some(s), Some(e)) = (out.recompute_scoring, out.recompute_evals) {
+        println!("recompute: {} re-scorings computed now, {} reused; {} units evaluated now, {} reused", s.computed, s.reused, e.computed, e.reused);
+    }
     if !out.tables_written {
         println!("this shard is done; merge the shard folders (`headroom merge`) and run again to write the tables");
         return Ok(());
+    }
+    if let Some(b) = out.baselines.filter(|b| b.computed > 0) {
+        println!("baselines: {} unpruned summaries were missing and were evaluated again", b.computed);
     }
     for s in &out.inflection_summary {
         println!("{s}");

@@ -8,13 +8,16 @@
 //! Stages, each a list of hashed units (so a rerun skips finished work and `--shard` splits it):
 //! 1. importance of every (task, shots) on the full model;
 //! 2. the FFN oracle (optional): the unpruned evaluation and one evaluation per FFN removed;
-//! 3. the sweeps: every (task, shots, ranking, level) evaluated under its mask.
+//! 3. the sweeps: every (task, shots, ranking, level) evaluated under its mask;
+//! 4. recompute (optional): per (task, shots), a chain of re-scorings on the pruned model, each
+//!    extending the previous level's mask; a chain is sequential, so a shard takes whole chains.
 //!
 //! Files beside `units/` (all derived from units, so rewritten on every complete run):
 //! `importance/<task>.<k>shot.json`, `rankings/aggregate.<k>shot.json` (`{shots, tasks, heads
 //! [L][H], ffns [L]}`), `ffn_oracle/<task>.<k>shot.json`, `eval/<task>.<k>shot.json` (the
 //! unpruned model's summary, as `headroom eval` writes it), `sweeps/{heads,ffns,combined}.csv`,
-//! `sweeps/inflection.csv`, `deviations.json`.
+//! `sweeps/inflection.csv`, `recompute/<task>.<k>shot.<p>.mask.json` (a `--mask` file for
+//! `headroom eval`), `deviations.json`.
 //!
 //! A stage needs every unit of the previous one (rankings need all importance, the oracle's FFN
 //! order needs all its evaluations), so a shard stops after its share of a stage that other
@@ -72,6 +75,11 @@ pub struct PruneConfig {
     /// with the aggregate tests how the in-distribution tasks' ranking transfers. Names of tasks
     /// passed to [`run`].
     pub ood_tasks: Vec<String>,
+    /// Also prune heads the iterative way (Michel et al.; the paper did not, spec 5.1): after
+    /// each head level, re-score importance on the pruned model and extend the mask by the
+    /// lowest-scored remaining heads. Sweep rows get ranking `recompute`; masks are written to
+    /// `recompute/<task>.<k>shot.<p>.mask.json`.
+    pub recompute: bool,
 }
 
 impl Default for PruneConfig {
@@ -91,6 +99,7 @@ impl Default for PruneConfig {
             seed: 1234,
             max_length: None,
             ood_tasks: vec![],
+            recompute: false,
         }
     }
 }
@@ -153,6 +162,10 @@ pub struct PruneOutcome {
     pub oracle: Option<Counts>,
     /// Sweep evaluations of this shard (None: not reached).
     pub sweeps: Option<Counts>,
+    /// Recompute re-scorings (importance under a level's mask) and evaluations of this shard's
+    /// chains (None: no recompute, or not reached).
+    pub recompute_scoring: Option<Counts>,
+    pub recompute_evals: Option<Counts>,
     /// Baseline summaries (`eval/<task>.<k>shot.json`) found as units, or evaluated again
     /// because the folder had none (None: tables not reached).
     pub baselines: Option<Counts>,
@@ -307,10 +320,56 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
     let out = super::run_sweep(folder, &units, shard, &mut mask_for, &mut |u, m| evaluator.point(u, m), &mut |d, _| overall.set_position(d as u64))?;
     overall.finish_and_clear();
     outcome.sweeps = Some(Counts { computed: out.computed, reused: out.reused });
-    let Some(rows) = out.rows else {
+
+    // ---- 4. recompute (optional): one sequential chain per (task, shots), whole to one shard ----
+    let mut recompute_rows = Some(Vec::new());
+    if cfg.recompute {
+        let mut levels: Vec<u32> = cfg.heads.iter().copied().filter(|&p| p > 0).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        let (mut scoring, mut evals) = (Counts::default(), Counts::default());
+        for (c, &(t, k)) in pairs.iter().enumerate() {
+            let task = &tasks[t];
+            let owned = shard.takes(c);
+            let mut rescore = |m: &Mask| importance_sums(model, tok, task, k, cfg, Some(m.clone()));
+            let rescore: Option<&mut dyn FnMut(&Mask) -> Result<ImportanceSums>> = if owned { Some(&mut rescore) } else { None };
+            let Some(chain) = recompute_masks(folder, &task.name, k, &levels, &imp[&(task.name.clone(), k)], cfg, rescore, &mut scoring)? else {
+                recompute_rows = None; // another shard's chain, not merged in yet
+                continue;
+            };
+            for (p, m) in &chain {
+                write_json(
+                    &folder.root.join("recompute").join(format!("{}.{k}shot.{p}.mask.json", task.name)),
+                    &serde_json::json!({"heads": m.heads, "ffns": m.ffns, "task": task.name, "shots": k, "heads_pct": p,
+                        "heads_removed": m.heads_removed(), "note": "recompute: importance re-scored on the model pruned to the previous level"}),
+                )?;
+            }
+            let units: Vec<SweepUnit> =
+                chain.iter().map(|(p, _)| SweepUnit { task: task.name.clone(), shots: k, ranking: "recompute".into(), heads_pct: *p, ffns_pct: 0 }).collect();
+            let mut mask_for = |u: &SweepUnit| -> Result<Mask> {
+                chain.iter().find(|(p, _)| *p == u.heads_pct).map(|(_, m)| m.clone()).ok_or_else(|| anyhow!("no recompute mask at {}%", u.heads_pct))
+            };
+            let rows = if owned {
+                let out = super::run_sweep(folder, &units, Shard::ALL, &mut mask_for, &mut |u, m| evaluator.point(u, m), &mut |_, _| {})?;
+                evals.computed += out.computed;
+                evals.reused += out.reused;
+                out.rows
+            } else {
+                load_rows(folder, &units, &mut mask_for)?
+            };
+            match (rows, recompute_rows.as_mut()) {
+                (Some(r), Some(all)) => all.extend(r),
+                _ => recompute_rows = None,
+            }
+        }
+        outcome.recompute_scoring = Some(scoring);
+        outcome.recompute_evals = Some(evals);
+    }
+    let (Some(mut rows), Some(recompute_rows)) = (out.rows, recompute_rows) else {
         outcome.stopped_at = Some(Stage::Sweeps);
         return Ok(outcome);
     };
+    rows.extend(recompute_rows);
     outcome.inflection_summary = write_outputs(folder, &rows, cfg)?;
     outcome.tables_written = true;
     // Every baseline file, also on a resumed or merged run: from its unit, or evaluated once
@@ -340,6 +399,73 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
 /// beside the sweep's eval unit of the 0% level, which keeps only the headline point.
 pub fn baseline_key(task: &str, k: usize) -> UnitKey {
     UnitKey::new("eval_summary", serde_json::json!({"task": task, "shots": k}))
+}
+
+/// The key of a recompute re-scoring: importance of (task, shots) on the model under the mask
+/// of the level before `level` (whose hash is `prev_mask`).
+pub fn recompute_key(task: &str, k: usize, level: u32, prev_mask: &Mask, cfg: &PruneConfig) -> UnitKey {
+    UnitKey::new(
+        "recompute_importance",
+        serde_json::json!({"task": task, "shots": k, "level": level, "prev_mask": super::mask_hash(prev_mask),
+            "docs": cfg.importance_docs, "seed": cfg.seed, "abs_mode": "per_token"}),
+    )
+}
+
+/// Michel et al.'s iterative head pruning for one (task, shots): for each level p (ascending,
+/// > 0), score head importance on the model under the previous level's mask and extend that
+/// mask by the lowest-scored kept heads to floor(p * N / 100) removed. The first re-scoring
+/// with nothing removed is the full model's importance (`base`), so the first mask equals the
+/// fixed ranking's. Re-scorings are units: loaded when present, else computed by `rescore` when
+/// this process owns the chain; None when a score is missing and `rescore` is None.
+/// Returns (level, mask) per level.
+fn recompute_masks(
+    folder: &RunFolder,
+    task: &str,
+    k: usize,
+    levels: &[u32],
+    base: &ImportanceSums,
+    cfg: &PruneConfig,
+    mut rescore: Option<&mut dyn FnMut(&Mask) -> Result<ImportanceSums>>,
+    counts: &mut Counts,
+) -> Result<Option<Vec<(u32, Mask)>>> {
+    let n = base.n_layers * base.n_heads;
+    let mut mask = Mask::ones(base.n_layers, base.n_heads);
+    let mut chain = Vec::with_capacity(levels.len());
+    for &p in levels {
+        let sums = if mask.heads_removed() == 0 {
+            base.clone()
+        } else {
+            let key = recompute_key(task, k, p, &mask, cfg);
+            match (folder.load::<ImportanceSums>(&key)?, rescore.as_mut()) {
+                (Some(s), _) => {
+                    counts.reused += 1;
+                    s
+                }
+                (None, Some(f)) => {
+                    let s = f(&mask).with_context(|| format!("re-scoring {task} {k}-shot importance for the {p}% level"))?;
+                    folder.store(&key, &s)?;
+                    counts.computed += 1;
+                    s
+                }
+                (None, None) => return Ok(None),
+            }
+        };
+        mask = super::extend_head_mask(&mask, &super::flatten(&sums.scores(Normalize::Authors).heads), super::n_pruned(p, n))?;
+        chain.push((p, mask.clone()));
+    }
+    Ok(Some(chain))
+}
+
+/// The rows of finished units (None if any is missing), without evaluating anything.
+fn load_rows(folder: &RunFolder, units: &[SweepUnit], mask_for: &mut dyn FnMut(&SweepUnit) -> Result<Mask>) -> Result<Option<Vec<SweepRow>>> {
+    let mut rows = Vec::with_capacity(units.len());
+    for u in units {
+        match folder.load::<EvalPoint>(&super::eval_key(u, &mask_for(u)?))? {
+            Some(point) => rows.push(SweepRow { unit: u.clone(), point }),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(rows))
 }
 
 /// The sweep's units in a fixed order (a pure function of the config, so shards agree): per
