@@ -332,8 +332,8 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
             let task = &tasks[t];
             let owned = shard.takes(c);
             let mut rescore = |m: &Mask| importance_sums(model, tok, task, k, cfg, Some(m.clone()));
-            let rescore: Option<&mut dyn FnMut(&Mask) -> Result<ImportanceSums>> = if owned { Some(&mut rescore) } else { None };
-            let Some(chain) = recompute_masks(folder, &task.name, k, &levels, &imp[&(task.name.clone(), k)], cfg, rescore, &mut scoring)? else {
+            let rescore: Option<Rescore> = if owned { Some(&mut rescore) } else { None };
+            let Some(chain) = recompute_masks(folder, (&task.name, k), &levels, &imp[&(task.name.clone(), k)], cfg, rescore, &mut scoring)? else {
                 recompute_rows = None; // another shard's chain, not merged in yet
                 continue;
             };
@@ -411,8 +411,8 @@ pub fn recompute_key(task: &str, k: usize, level: u32, prev_mask: &Mask, cfg: &P
     )
 }
 
-/// Michel et al.'s iterative head pruning for one (task, shots): for each level p (ascending,
-/// > 0), score head importance on the model under the previous level's mask and extend that
+/// Michel et al.'s iterative head pruning for one (task, shots): for each level p above 0
+/// (ascending), score head importance on the model under the previous level's mask and extend that
 /// mask by the lowest-scored kept heads to floor(p * N / 100) removed. The first re-scoring
 /// with nothing removed is the full model's importance (`base`), so the first mask equals the
 /// fixed ranking's. Re-scorings are units: loaded when present, else computed by `rescore` when
@@ -420,12 +420,11 @@ pub fn recompute_key(task: &str, k: usize, level: u32, prev_mask: &Mask, cfg: &P
 /// Returns (level, mask) per level.
 fn recompute_masks(
     folder: &RunFolder,
-    task: &str,
-    k: usize,
+    (task, k): (&str, usize),
     levels: &[u32],
     base: &ImportanceSums,
     cfg: &PruneConfig,
-    mut rescore: Option<&mut dyn FnMut(&Mask) -> Result<ImportanceSums>>,
+    mut rescore: Option<Rescore>,
     counts: &mut Counts,
 ) -> Result<Option<Vec<(u32, Mask)>>> {
     let n = base.n_layers * base.n_heads;
@@ -455,6 +454,9 @@ fn recompute_masks(
     }
     Ok(Some(chain))
 }
+
+/// Importance of a task at some shot count on the model under a mask.
+type Rescore<'a> = &'a mut dyn FnMut(&Mask) -> Result<ImportanceSums>;
 
 /// The rows of finished units (None if any is missing), without evaluating anything.
 fn load_rows(folder: &RunFolder, units: &[SweepUnit], mask_for: &mut dyn FnMut(&SweepUnit) -> Result<Mask>) -> Result<Option<Vec<SweepRow>>> {
@@ -584,8 +586,11 @@ struct Evaluator<'a> {
     tasks: &'a [Task],
     cfg: &'a PruneConfig,
     folder: &'a RunFolder,
-    prepared: HashMap<(usize, usize), (EvalConfig, Vec<Prompt>, Vec<Encoded>)>,
+    /// Per (task index, shots): the evaluation config, prompts and their tokens.
+    prepared: HashMap<(usize, usize), Prepared>,
 }
+
+type Prepared = (EvalConfig, Vec<Prompt>, Vec<Encoded>);
 
 impl Evaluator<'_> {
     /// The headline point of `u` under `mask`. The unpruned model's full summary is also kept
