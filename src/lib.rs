@@ -11,7 +11,9 @@
 //! - [`assets`]: the pinned default assets (`headroom fetch`).
 //! - [`io`]: JSONL reading with line numbers, atomic writes.
 //! - [`runs`]: run folders (manifest, hashed units, resume, shards, merge).
-//! - [`prune`]: rankings, cumulative masks, sweeps, FFN oracle, inflection points.
+//! - [`prune`]: rankings, cumulative masks, sweeps, FFN oracle, inflection points;
+//!   [`prune::experiment`] runs the paper's whole pruning experiment into a run folder.
+//! - [`progress`]: the progress-bar style shared by the CLI and long library stages.
 //! - [`tasks`]: the paper's tasks and user TOML tasks, splits, k-shot prompts, importance prompts.
 //! - [`report`]: one self-contained HTML page from a run folder.
 //! - [`eval`]: few-shot scoring (shared-prefix tree batches) and metrics.
@@ -27,6 +29,7 @@ pub mod io;
 pub mod induction;
 pub mod model;
 pub mod plots;
+pub mod progress;
 pub mod prune;
 pub mod report;
 pub mod runs;

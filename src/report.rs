@@ -10,7 +10,7 @@
 //! manifest.json, deviations.json
 //! importance/<task>.<k>shot.json         {heads [L][H], ffns [L], ...}
 //! sweeps/{heads,ffns,combined}.csv       task,shots,ranking,heads_pct,ffns_pct,metric,value,n,stderr
-//! sweeps/inflection.csv                  task,shots,ranking,kind,inflection_pct,tolerance,base_value
+//! sweeps/inflection.csv                  task,shots,ranking,kind,inflection_pct,tolerance,base_value,base_stderr,base_n
 //! ffn_oracle/<task>.<k>shot.json         {base, without, diffs, order, gradient_srcc, note}
 //! eval/<task>.<k>shot.json               EvalSummary (+ model, mask)
 //! induction/induction.json               {prefix {mean}, copying {mean}, top_prefix, top_copying, capacity}
@@ -574,11 +574,12 @@ impl Builder {
         let p = dir.join("inflection.csv");
         let body = if p.exists() {
             let rows = read_csv(&p)?;
-            let cols = ["task", "shots", "ranking", "kind", "inflection_pct", "tolerance", "base_value"];
+            // base_stderr / base_n are absent from runs before they were added: empty cells.
+            let cols = ["task", "shots", "ranking", "kind", "inflection_pct", "tolerance", "base_value", "base_stderr", "base_n"];
             let t: Vec<Vec<String>> = rows.iter().map(|r| cols.iter().map(|c| escape(s(r, c))).collect()).collect();
             format!(
                 "<p>The largest % pruned up to which accuracy stays within the tolerance of the unpruned value.</p>{}",
-                table(&["task", "shots", "ranking", "kind", "inflection %", "tolerance", "unpruned value"], &t)
+                table(&["task", "shots", "ranking", "kind", "inflection %", "tolerance", "unpruned value", "stderr", "n"], &t)
             )
         } else {
             self.absent(&["sweeps/inflection.csv"])

@@ -124,13 +124,7 @@ pub fn run(args: EvalArgs, dev: &Device) -> Result<()> {
                 max_length: args.max_length,
             };
             let n = args.limit.map_or(task.eval.len(), |l| l.min(task.eval.len()));
-            let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(n as u64) };
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix(format!("{} {k}-shot", task.name));
+            let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { headroom::progress::bar(n, &format!("{} {k}-shot", task.name)) };
             let out = evaluate(&model, &tok, &task, &cfg, mask.as_ref(), &mut |d| bar.inc(d as u64))?;
             bar.finish_and_clear();
             let s = &out.summary;

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use headroom::io::write_atomic;
 use headroom::induction::{self, CopyMode, HeadStats, Lengths, PrefixMode, RankedHead, TokenPool};
 use headroom::tokenizer::Tokenizer;
-use indicatif::{ProgressBar, ProgressStyle};
+use headroom::progress::bar;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PrefixModeArg {
@@ -91,13 +91,6 @@ fn read_importance(path: &Path, nl: usize, nh: usize) -> Result<Vec<Vec<f64>>> {
     Ok(m)
 }
 
-fn bar(n: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(n);
-    pb.set_style(ProgressStyle::with_template("{msg:>9} [{bar:30}] {pos}/{len} sequences, {elapsed} (eta {eta})").unwrap().progress_chars("=> "));
-    pb.set_message(what.to_string());
-    pb
-}
-
 fn print_top(title: &str, top: &[RankedHead], var: &[Vec<f64>]) {
     println!("{title}");
     println!("  {:>4}  {:>5}  {:>4}  {:>8}  {:>8}", "rank", "layer", "head", "mean", "var");
@@ -159,12 +152,12 @@ pub fn run(args: InductionArgs, dev: &Device) -> Result<()> {
     let copy_seqs = induction::copy_sequences(&pool, bos, n, &lengths, args.seed)?;
 
     let t0 = Instant::now();
-    let pb = bar(n as u64, "prefix");
+    let pb = bar(n, "prefix sequences");
     let ps = induction::prefix_matching(&model, &prefix_seqs, prefix_mode, &mut |d| pb.set_position(d as u64))?;
     pb.finish();
     let prefix_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let pb = bar(n as u64, "copying");
+    let pb = bar(n, "copying sequences");
     let cs = induction::copying(&model, &copy_seqs, copy_mode, &mut |d| pb.set_position(d as u64))?;
     pb.finish();
     let copy_s = t1.elapsed().as_secs_f64();

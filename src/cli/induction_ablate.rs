@@ -91,8 +91,7 @@ pub fn run(args: InductionAblateArgs, dev: &Device) -> Result<()> {
         let docs = selected_docs(&task, &cfg);
         let (prompts, encoded) = prepare(&task, &docs, &cfg, &tok, &model)?;
         let total = 1 + args.ks.len() * (1 + args.random_sets);
-        let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_prefix(format!("{} {}-shot", task.name, args.shots));
+        let bar = headroom::progress::bar(total, &format!("{} {}-shot", task.name, args.shots));
         let mut metric = String::new();
         let res = run_ablation(l_n, h_n, &ranking, &plan, |mask| {
             let out = evaluate_prepared(&model, &task, &cfg, &prompts, &encoded, Some(mask), &mut |_| {})?;

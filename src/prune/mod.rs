@@ -6,8 +6,15 @@
 //! - rankings are ascending (least important first), global across layers over the flattened
 //!   layer-major matrix (flat index = layer * n_heads + head), stable on ties;
 //! - level p% masks the first k = floor(p * N / 100) entries of a ranking fixed once on the full
-//!   model (not recomputed after each step, spec 9.6); every level is an independent evaluation;
+//!   model (not recomputed after each step, spec 9.6); every level is an independent evaluation
+//!   (Michel et al.'s recompute-after-removal variant is [`extend_head_mask`], run by
+//!   [`experiment`] under `recompute`);
 //! - combined masks are the union of the head and FFN masks.
+//!
+//! [`experiment`] runs the whole experiment (importance, rankings, sweeps, tables) into a run
+//! folder on a real model and tasks.
+
+pub mod experiment;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -45,6 +52,7 @@ pub fn n_pruned(percent: u32, n: usize) -> usize {
 /// Mask with the first floor(p% * L*H) heads of `ranking` removed.
 pub fn head_mask(ranking: &[usize], n_layers: usize, n_heads: usize, percent: u32) -> Result<Mask> {
     check_ranking(ranking, n_layers * n_heads, "head")?;
+    check_percent(percent)?;
     let mut m = Mask::ones(n_layers, n_heads);
     for &i in &ranking[..n_pruned(percent, ranking.len())] {
         m.heads[i / n_heads][i % n_heads] = 0.0;
@@ -55,9 +63,37 @@ pub fn head_mask(ranking: &[usize], n_layers: usize, n_heads: usize, percent: u3
 /// Mask with the first floor(p% * L) FFNs of `order` removed.
 pub fn ffn_mask(order: &[usize], n_layers: usize, n_heads: usize, percent: u32) -> Result<Mask> {
     check_ranking(order, n_layers, "FFN")?;
+    check_percent(percent)?;
     let mut m = Mask::ones(n_layers, n_heads);
     for &l in &order[..n_pruned(percent, order.len())] {
         m.ffns[l] = 0.0;
+    }
+    Ok(m)
+}
+
+/// Michel et al.'s iterative step: `mask` with more heads removed, the lowest `scores` (flat
+/// layer-major `[L * H]`) among the heads it still keeps, until `k` heads are removed in all.
+/// Ties go to the lower flat index, as in [`ascending_ranking`]. From the full mask this is
+/// [`head_mask`] of the ascending ranking at the level whose floor(p * N / 100) is k.
+pub fn extend_head_mask(mask: &Mask, scores: &[f64], k: usize) -> Result<Mask> {
+    let (l_n, h_n) = (mask.n_layers(), mask.n_heads());
+    if scores.len() != l_n * h_n {
+        bail!("{} head scores for a mask of {l_n} x {h_n} heads", scores.len());
+    }
+    if k > l_n * h_n {
+        bail!("cannot remove {k} of {} heads", l_n * h_n);
+    }
+    let mut m = mask.clone();
+    let mut removed = m.heads_removed();
+    for i in ascending_ranking(scores) {
+        if removed >= k {
+            break;
+        }
+        let gate = &mut m.heads[i / h_n][i % h_n];
+        if *gate != 0.0 {
+            *gate = 0.0;
+            removed += 1;
+        }
     }
     Ok(m)
 }
@@ -68,6 +104,13 @@ pub fn union(a: &Mask, b: &Mask) -> Mask {
         heads: a.heads.iter().zip(&b.heads).map(|(x, y)| x.iter().zip(y).map(|(p, q)| p.min(*q)).collect()).collect(),
         ffns: a.ffns.iter().zip(&b.ffns).map(|(p, q)| p.min(*q)).collect(),
     }
+}
+
+fn check_percent(percent: u32) -> Result<()> {
+    if percent > 100 {
+        bail!("pruning level {percent}% is above 100%");
+    }
+    Ok(())
 }
 
 fn check_ranking(r: &[usize], n: usize, what: &str) -> Result<()> {
@@ -98,7 +141,8 @@ pub fn ffn_oracle(base: f64, without: &[f64]) -> (Vec<f64>, Vec<usize>) {
 pub enum RankingSource {
     /// The target task's own importance for that shot count.
     Own,
-    /// The mean of the raw importance matrices over all tasks of the run (the authors' aggregate).
+    /// The mean of the importance matrices over the run's tasks less the OOD ones (the authors'
+    /// aggregate).
     Aggregate,
     /// Another task's importance.
     Task(String),
@@ -165,6 +209,11 @@ pub fn mask_hash(m: &Mask) -> String {
     Sha256::digest(&bytes).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The key of a unit's evaluation: the unit and the hash of its mask.
+pub fn eval_key(u: &SweepUnit, mask: &Mask) -> UnitKey {
+    UnitKey::new("eval", serde_json::json!({"unit": u, "mask": mask_hash(mask)}))
+}
+
 /// What [`run_sweep`] did.
 #[derive(Debug, Default)]
 pub struct SweepOutcome {
@@ -191,7 +240,7 @@ pub fn run_sweep(
     let mut keys = Vec::with_capacity(units.len());
     for u in units {
         let mask = mask_for(u)?;
-        keys.push((UnitKey::new("eval", serde_json::json!({"unit": u, "mask": mask_hash(&mask)})), mask));
+        keys.push((eval_key(u, &mask), mask));
     }
     for (done, &i) in mine.iter().enumerate() {
         let (key, mask) = &keys[i];
