@@ -474,9 +474,11 @@ impl Builder {
         }
         heads_html.push_str("</div>\n");
         ffn_html.push_str("</div>\n");
+        // `headroom importance` nests its options; `headroom prune` writes them at the top level.
+        let opt = |v: &Value, key: &str| v.pointer(&format!("/options/{key}")).or_else(|| v.get(key)).cloned();
         let rows: Vec<Vec<String>> = imps
             .iter()
-            .map(|(t, k, v)| vec![escape(t), k.to_string(), vnum(v.get("examples")), vnum(v.get("mean_loss")), vnum(v.pointer("/options/abs_mode")), vnum(v.pointer("/options/normalize"))])
+            .map(|(t, k, v)| vec![escape(t), k.to_string(), vnum(v.get("examples")), vnum(v.get("mean_loss")), vnum(opt(v, "abs_mode").as_ref()), vnum(opt(v, "normalize").as_ref())])
             .collect();
         heads_html.push_str(&table(&["task", "shots", "examples", "mean loss", "abs mode", "normalize"], &rows));
         self.section("Head importance", heads_html);

@@ -258,7 +258,12 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     }
     println!("  {:<22} {total:>7.1} s", "total");
     let timing_json: serde_json::Map<String, serde_json::Value> = timings.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
-    headroom::io::write_json(&run.join("demo-timing.json"), &serde_json::json!({"stages_s": timing_json, "total_s": total}))?;
+    // One entry per invocation, so a resumed run does not hide how long the first one took.
+    let timing_path = run.join("demo-timing.json");
+    let mut history: Vec<serde_json::Value> =
+        std::fs::read_to_string(&timing_path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    history.push(serde_json::json!({"stages_s": timing_json, "total_s": total, "tiny": args.tiny}));
+    headroom::io::write_json(&timing_path, &history)?;
     println!("\nreport: {} ({} sections, {} figures)", r.html.display(), r.sections.len(), r.figures.len());
     println!("run folder: {}", run.display());
     Ok(())
@@ -306,6 +311,11 @@ fn sanity_check(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// A CSV number with 3 decimals (as written when it does not parse).
+fn short(x: &str) -> String {
+    x.parse::<f64>().map_or(x.to_string(), |v| format!("{v:.3}"))
+}
+
 /// The numbers a reader wants first: baseline accuracy, average inflection points, cross-shot
 /// rank correlation and the strongest induction heads.
 fn headline(run: &Path) -> Result<Vec<String>> {
@@ -313,10 +323,11 @@ fn headline(run: &Path) -> Result<Vec<String>> {
     if let Ok(text) = std::fs::read_to_string(run.join("sweeps/inflection.csv")) {
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split(',').collect();
-            if f.len() >= 7 && f[0] == "average" {
+            // task,shots,ranking,kind,inflection_pct,tolerance,base_value,base_stderr,base_n
+            if f.len() >= 8 && f[0] == "average" {
                 out.push(format!(
-                    "{} pruning, {} ranking, {}-shot: average accuracy {:.3} stays within {} of unpruned up to {}% removed",
-                    f[3], f[2], f[1], f[6].parse::<f64>().unwrap_or(f64::NAN), f[5], f[4]
+                    "{} pruning, {} ranking, {}-shot: average accuracy {} ± {} stays within {} of unpruned up to {}% removed",
+                    f[3], f[2], f[1], short(f[6]), short(f[7]), f[5], f[4]
                 ));
             }
         }
