@@ -27,10 +27,10 @@ fn authors_normalization_by_hand() {
     assert_eq!(s.scores(Normalize::None).heads, vec![vec![12.0, 6.0], vec![8.0, 2.0]]);
     // Michel: / sum(N) = 14, per-layer L2, then global min-max.
     let m = s.scores(Normalize::Michel);
-    let l0 = [12.0 / 14.0, 6.0 / 14.0];
-    let l1 = [8.0 / 14.0, 2.0 / 14.0];
-    let n0 = (l0[0] * l0[0] + l0[1] * l0[1] as f64).sqrt();
-    let n1 = (l1[0] * l1[0] + l1[1] * l1[1] as f64).sqrt();
+    let l0: [f64; 2] = [12.0 / 14.0, 6.0 / 14.0];
+    let l1: [f64; 2] = [8.0 / 14.0, 2.0 / 14.0];
+    let n0 = (l0[0] * l0[0] + l0[1] * l0[1]).sqrt();
+    let n1 = (l1[0] * l1[0] + l1[1] * l1[1]).sqrt();
     let v = [l0[0] / n0, l0[1] / n0, l1[0] / n1, l1[1] / n1];
     let (lo, hi) = (v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(0.0, f64::max));
     let want: Vec<f64> = v.iter().map(|x| (x - lo) / (hi - lo)).collect();
@@ -54,7 +54,7 @@ fn golden_prompt(variant: &str) -> (Model, TokenizedPrompt, Golden) {
 fn authors_scores_from_pytorch_gradients() {
     for v in ["opt_preln", "gpt2", "llama_gqa", "neox"] {
         let (m, p, g) = golden_prompt(v);
-        let (sums, _) = accumulate(&m, &[p.clone()], &ImportanceOptions::default(), &mut |_, _| {}).unwrap();
+        let (sums, _) = accumulate(&m, std::slice::from_ref(&p), &ImportanceOptions::default(), &mut |_, _| {}).unwrap();
         let scores = sums.scores(Normalize::Authors);
         let (hs, dots) = g.f32("head_dot"); // [L, T, H]
         let (l_n, t_n, h_n) = (hs[0], hs[1], hs[2]);

@@ -91,7 +91,7 @@ fn masks_change_the_model_only_where_they_should() {
     // leaves its siblings (sharing the same kv head) untouched.
     let mut one = Mask::ones(m.n_layers(), m.n_heads());
     one.heads[5][4] = 0.0;
-    let batch = m.batch_ids(&[ids.clone()]).unwrap();
+    let batch = m.batch_ids(std::slice::from_ref(&ids)).unwrap();
     let mut cap_full = Capture::new(m.n_layers(), false, true);
     let mut cap_one = Capture::new(m.n_layers(), false, true);
     m.forward_hidden(&batch, None, Some(&mut cap_full)).unwrap();

@@ -445,7 +445,7 @@ impl Attention {
     }
 
     /// The forward, also returning the activations its backward needs.
-    pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, mut capture: Option<&mut LayerCapture>) -> Result<(Tensor, AttnActs)> {
+    pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, capture: Option<&mut LayerCapture>) -> Result<(Tensor, AttnActs)> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // [B, T, heads*hd] -> [B, heads, T, hd]
@@ -474,7 +474,7 @@ impl Attention {
             None => o.clone(),
         };
         let og = og.transpose(1, 2)?.reshape((b, t, h * hd))?; // [B, T, H*hd]
-        if let Some(c) = capture.as_deref_mut() {
+        if let Some(c) = capture {
             if c.record_attn_probs {
                 c.attn_probs = Some(probs.clone());
             }
