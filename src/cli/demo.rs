@@ -49,7 +49,7 @@ pub struct DemoArgs {
 /// What the demo runs: the paper's pipeline at a size this machine can afford.
 struct Plan {
     tasks: Vec<String>,
-    shots: &'static str,
+    shots: Vec<usize>,
     limit: usize,
     importance_docs: usize,
     rankings: &'static str,
@@ -66,7 +66,7 @@ impl Plan {
         let mut p = if a.tiny {
             Plan {
                 tasks: vec!["copa".into(), "winogrande".into()],
-                shots: "0",
+                shots: vec![0],
                 limit: 8,
                 importance_docs: 8,
                 rankings: "own",
@@ -79,7 +79,7 @@ impl Plan {
         } else {
             Plan {
                 tasks: ["copa", "winogrande", "arc_easy", "piqa"].map(String::from).to_vec(),
-                shots: "0,1",
+                shots: vec![0, 1],
                 limit: 40,
                 importance_docs: 32,
                 rankings: "own,aggregate",
@@ -99,8 +99,9 @@ impl Plan {
         p
     }
 
-    fn shot_list(&self) -> Vec<usize> {
-        self.shots.split(',').filter_map(|s| s.parse().ok()).collect()
+    /// The shot counts as one flag value, `0,1`.
+    fn shots_flag(&self) -> String {
+        self.shots.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -175,7 +176,7 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
         "prune",
         &[
             ("tasks", plan.tasks.join(",")),
-            ("shots", plan.shots.into()),
+            ("shots", plan.shots_flag()),
             ("limit", plan.limit.to_string()),
             ("importance-docs", plan.importance_docs.to_string()),
             ("ranking", plan.rankings.into()),
@@ -190,7 +191,7 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     timings.push(("importance + pruning", t.elapsed().as_secs_f64()));
 
     // 4. Induction heads, with the capacity curve under the 0-shot aggregate ranking.
-    let shots = plan.shot_list();
+    let shots = &plan.shots;
     let k0 = shots.first().copied().unwrap_or(0);
     let aggregate = run.join("rankings").join(format!("aggregate.{k0}shot.json"));
     let mut ind_args = vec![("sequences", plan.sequences.to_string()), ("out", path_arg(&run.join("induction")))];
@@ -226,7 +227,7 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     let mut files = Vec::new();
     let mut labels = Vec::new();
     for task in &plan.tasks {
-        for k in &shots {
+        for k in shots {
             files.push(path_arg(&run.join("importance").join(format!("{task}.{k}shot.json"))));
             labels.push(format!("{task}@{k}"));
         }
@@ -248,7 +249,7 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     timings.push(("report", t.elapsed().as_secs_f64()));
 
     let total = t_all.elapsed().as_secs_f64();
-    println!("\n== headline ({} tasks, shots {}, {} evaluation documents each)", plan.tasks.len(), plan.shots, plan.limit);
+    println!("\n== headline ({} tasks, shots {}, {} evaluation documents each)", plan.tasks.len(), plan.shots_flag(), plan.limit);
     for line in headline(&run)? {
         println!("  {line}");
     }
