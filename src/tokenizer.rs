@@ -186,7 +186,7 @@ impl Tokenizer {
             .filter(|s| vocab.contains_key(**s))
             .map(|s| AddedToken::from(*s, true))
             .collect();
-        inner.add_special_tokens(&specials);
+        inner.add_special_tokens(specials).map_err(tk_err)?;
         let mut tok = Tokenizer::assemble(inner, merges, origin)?;
         if let Some(id) = tok.token_to_id("<|endoftext|>") {
             tok.bos = Some(id);
@@ -270,7 +270,7 @@ impl Tokenizer {
             .with_context(|| format!("{p}: GGUF tokenizer"))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         if nfc {
-            inner.with_normalizer(Some(NFC));
+            inner.with_normalizer(Some(NFC)).map_err(tk_err)?;
         }
         inner.with_pre_tokenizer(Some(pre_tok));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
@@ -282,8 +282,8 @@ impl Tokenizer {
                 .map(|(tok, &t)| AddedToken::from(tok.clone(), t == TOKEN_TYPE_CONTROL))
                 .collect();
             let (special, normal): (Vec<_>, Vec<_>) = added.into_iter().partition(|a| a.special);
-            inner.add_special_tokens(&special);
-            inner.add_tokens(&normal);
+            inner.add_special_tokens(special).map_err(tk_err)?;
+            inner.add_tokens(normal).map_err(tk_err)?;
         }
         let mut tok = Tokenizer::assemble(inner, merges, p.clone())?;
         let id = |key: &str| -> Result<Option<u32>> {
