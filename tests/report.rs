@@ -2,6 +2,8 @@
 //! references, and (when Debian's `chromium` is installed) a headless load with a screenshot and
 //! no console errors. Set HEADROOM_REPORT_DIR to keep the run folder and screenshot.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -204,15 +206,8 @@ fn cli_prints_the_path() {
     assert!(!o.status.success());
 }
 
-fn chromium_bin() -> Option<&'static Path> {
-    let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(Path::new).find(|p| p.exists());
-    if bin.is_none() {
-        if std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!("chromium not found (/usr/bin/chromium) and HEADROOM_REQUIRE_ASSETS=1");
-        }
-        eprintln!("SKIPPED: headless Chromium check (no /usr/bin/chromium; apt-get install -y chromium)");
-    }
-    bin
+fn chromium_bin() -> Option<PathBuf> {
+    common::chromium()
 }
 
 /// Loads `page` in headless Chromium with a screenshot to `shot`; returns the console-error
