@@ -1,6 +1,6 @@
 //! headroom: which attention heads and FFN blocks does in-context learning need?
 //!
-//! Library layout (see ../shared/design.md):
+//! Library layout (see docs/design.md):
 //! - [`formats`]: file formats (GGUF reader/writer, HF safetensors folders).
 //! - [`tokenizer`]: tokenizers from tokenizer.json, vocab.json + merges.txt, or GGUF metadata.
 //! - [`model`]: one shared set of transformer blocks, one file per model family, masks.
