@@ -2,7 +2,7 @@
 //! - every `headroom …` command anywhere in the README names a real subcommand, and every `--flag`
 //!   it shows is a flag of that subcommand (checked against `headroom <sub> --help`);
 //! - every command of the "Reproducing the paper" table runs, in the table's order, on the default
-//!   model at a tiny size (two tasks, `--limit 4`, two importance documents), through `bash` so the
+//!   model at a tiny size (two tasks, `--limit 2`, two importance documents), through `bash` so the
 //!   globs expand as they do for a user, and `headroom report` then renders the folder;
 //! - the README's example output of `headroom next` is what the default model prints.
 
@@ -108,7 +108,7 @@ fn paper_table(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// A table command at the test's size: two tasks and two shot counts, four evaluation documents,
+/// A table command at the test's size: two tasks and two shot counts, two evaluation documents,
 /// two importance documents, two head and FFN levels where the row does not set them, two random
 /// sequences for induction, one random set for the ablation.
 fn tiny(cmd: &str) -> String {
@@ -117,15 +117,15 @@ fn tiny(cmd: &str) -> String {
     let has = |c: &str, f: &str| c.split_whitespace().any(|w| w == f);
     match sub.as_str() {
         "prune" => {
-            c.push_str(" --limit 4 --importance-docs 2");
+            c.push_str(" --limit 2 --importance-docs 2");
             for (f, v) in [("--heads", "0,50"), ("--ffns", "0,50")] {
                 if !has(&c, f) {
                     c.push_str(&format!(" {f} {v}"));
                 }
             }
         }
-        "induction-ablate" => c.push_str(" --limit 4 --ks 1 --random-sets 1"),
-        "prompts" => c.push_str(" --limit 2"),
+        "induction-ablate" => c.push_str(" --limit 2 --ks 1 --random-sets 1"),
+        "prompts" => c.push_str(" --max-docs 2"),
         _ => {}
     }
     c.replace("RUN-ood", "run-ood").replace("RUN", "run")

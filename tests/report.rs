@@ -242,7 +242,7 @@ fn load(bin: &Path, page: &Path, shot: &Path) -> (Vec<String>, Vec<u8>) {
 fn chromium(page: &Path, dir: &Path) {
     let Some(bin) = chromium_bin() else { return };
     let shot = dir.join("report-screenshot.png");
-    let (console, png) = load(bin, page, &shot);
+    let (console, png) = load(&bin, page, &shot);
     assert!(console.is_empty(), "console errors:\n{}", console.join("\n"));
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
@@ -259,7 +259,7 @@ fn chromium_check_catches_console_errors() {
     let t = tempfile::tempdir().unwrap();
     let page = t.path().join("bad.html");
     std::fs::write(&page, "<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); throw new Error('bad')</script></body></html>").unwrap();
-    let (console, _) = load(bin, &page, &t.path().join("bad.png"));
+    let (console, _) = load(&bin, &page, &t.path().join("bad.png"));
     assert!(console.iter().any(|l| l.contains("Uncaught")), "{console:?}");
     assert!(console.iter().any(|l| l.contains("boom")), "{console:?}");
 }
