@@ -17,6 +17,7 @@
 //! - [`tasks`]: the paper's tasks and user TOML tasks, splits, k-shot prompts, importance prompts.
 //! - [`report`]: one self-contained HTML page from a run folder.
 //! - [`eval`]: few-shot scoring (shared-prefix tree batches) and metrics.
+//! - [`lmeval`]: lm-evaluation-harness 0.4 `results_*.json` / `samples_*.jsonl` from eval output.
 //!
 //! Every stage is a function over plain data; the binary in `src/main.rs` is a thin CLI.
 
@@ -26,6 +27,7 @@ pub mod eval;
 pub mod formats;
 pub mod importance;
 pub mod io;
+pub mod lmeval;
 pub mod induction;
 pub mod model;
 pub mod plots;

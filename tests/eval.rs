@@ -167,6 +167,7 @@ fn fake_copa() -> tasks::Task {
             pool_fraction: None,
             pool_indices: vec![],
             notes: vec![],
+            files: vec![],
         },
         lm_eval04_double_space: true,
     }

@@ -36,6 +36,7 @@ fn one_one(name: &str, query: Item, demo: Item) -> Task {
             pool_fraction: None,
             pool_indices: vec![],
             notes: vec![],
+            files: vec![],
         },
         lm_eval04_double_space: false,
     }
