@@ -314,8 +314,17 @@ fn sliding_windows(cfg: &ConfigJson, model_type: &str, n_layers: usize) -> Resul
                     Some(out)
                 }
             };
-            let (Some(w), true) = (window, use_window) else {
-                // transformers sets sliding_window = None unless use_sliding_window: no window.
+            let Some(w) = window else {
+                // transformers sets sliding_window = None unless use_sliding_window: no window;
+                // a layer still marked sliding then has no window to use (transformers raises).
+                cfg.mark_read(&["sliding_window"]);
+                if let Some(i) = layer_types.iter().flatten().position(|t| t == "sliding_attention") {
+                    bail!(
+                        "{path}: layer_types[{i}] is \"sliding_attention\" but there is no sliding window \
+                         (use_sliding_window is {use_window}, sliding_window {})",
+                        cfg.raw("sliding_window").map(|v| v.to_string()).unwrap_or_else(|| "null".into())
+                    );
+                }
                 return Ok(vec![None; n_layers]);
             };
             let from_max = max_window_layers.map(|m| {
