@@ -279,3 +279,119 @@ fn qwen2_window_only_where_layer_types_say() {
     let e = err_of("qwen2_layer_window", |c| c["layer_types"] = json!(["full_attention", "chunked"]));
     assert!(e.contains("layer_types[1]"), "{e}");
 }
+
+// ------------------------------------------------------------------------------------------
+// GGUF: the same rope settings as llama.cpp writes them (`llama.rope.freq_base`,
+// `llama.rope.scaling.type` / `.factor`, a `rope_freqs.weight` tensor of per-frequency divisors).
+
+use headroom::formats::gguf::{GgmlType, GgufWriter};
+
+/// llama.cpp's convert_hf_to_gguf `permute` of Q/K rows: within each head, row (j, i) (j < 2,
+/// i < hd/2) moves to (i, j), so that adjacent-pair RoPE equals HF's rotate-half.
+fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let hd = rows / n_head;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_head {
+        for j in 0..2 {
+            for i in 0..hd / 2 {
+                let old = h * hd + j * hd / 2 + i;
+                let new = h * hd + 2 * i + j;
+                out[new * cols..(new + 1) * cols].copy_from_slice(&w[old * cols..(old + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The `llama_v4_linear` weights (theta 20000, eps 1e-3, 2 heads, 1 KV head, head_dim 8) as a
+/// llama-architecture GGUF, F32, with `extra` metadata / tensors.
+fn llama_gguf(extra: impl FnOnce(&mut GgufWriter)) -> tempfile::NamedTempFile {
+    let cfg = config_of("llama_v4_linear");
+    let (d, n_head, n_kv) = (16usize, 2usize, 1usize);
+    assert_eq!(cfg["hidden_size"], json!(d));
+    assert_eq!(cfg["num_attention_heads"], json!(n_head));
+    assert_eq!(cfg["num_key_value_heads"], json!(n_kv));
+    let bytes = std::fs::read(golden_dir().join("config/golden.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut w = GgufWriter::new();
+    w.add_string("general.architecture", "llama")
+        .add_u32("llama.embedding_length", d as u32)
+        .add_u32("llama.block_count", 2)
+        .add_u32("llama.feed_forward_length", 16)
+        .add_u32("llama.attention.head_count", n_head as u32)
+        .add_u32("llama.attention.head_count_kv", n_kv as u32)
+        .add_u32("llama.context_length", 32)
+        .add_u32("llama.rope.dimension_count", 8)
+        .add_f32("llama.attention.layer_norm_rms_epsilon", cfg["rms_norm_eps"].as_f64().unwrap() as f32);
+    for (name, t) in st.tensors() {
+        let Some(hf) = name.strip_prefix("weights.llama_tied.") else { continue };
+        let x: Vec<f32> = t.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        let shape = t.shape().to_vec();
+        let (gname, x) = match hf {
+            "model.embed_tokens.weight" => ("token_embd.weight".to_string(), x),
+            "model.norm.weight" => ("output_norm.weight".to_string(), x),
+            _ => {
+                let rest = hf.strip_prefix("model.layers.").unwrap();
+                let (l, part) = rest.split_once('.').unwrap();
+                let (g, x) = match part {
+                    "input_layernorm.weight" => ("attn_norm", x),
+                    "post_attention_layernorm.weight" => ("ffn_norm", x),
+                    "self_attn.q_proj.weight" => ("attn_q", permute_rows(&x, shape[0], shape[1], n_head)),
+                    "self_attn.k_proj.weight" => ("attn_k", permute_rows(&x, shape[0], shape[1], n_kv)),
+                    "self_attn.v_proj.weight" => ("attn_v", x),
+                    "self_attn.o_proj.weight" => ("attn_output", x),
+                    "mlp.gate_proj.weight" => ("ffn_gate", x),
+                    "mlp.up_proj.weight" => ("ffn_up", x),
+                    "mlp.down_proj.weight" => ("ffn_down", x),
+                    other => panic!("unexpected tensor {other}"),
+                };
+                (format!("blk.{l}.{g}.weight"), x)
+            }
+        };
+        w.add_tensor(&gname, &shape, &x, GgmlType::F32).unwrap();
+    }
+    extra(&mut w);
+    let f = tempfile::Builder::new().suffix(".gguf").tempfile().unwrap();
+    std::fs::write(f.path(), w.to_bytes().unwrap()).unwrap();
+    f
+}
+
+#[test]
+fn gguf_rope_scaling_and_rope_freqs_match_transformers() {
+    let load = |f: &tempfile::NamedTempFile| Model::load(f.path(), &Device::Cpu);
+    // Linear x4 in metadata: transformers' logits for llama_v4_linear.
+    let f = llama_gguf(|w| {
+        w.add_f32("llama.rope.freq_base", 20000.0)
+            .add_string("llama.rope.scaling.type", "linear")
+            .add_f32("llama.rope.scaling.factor", 4.0);
+    });
+    let m = load(&f).unwrap();
+    let d = parity("llama_v4_linear", &m);
+    eprintln!("gguf linear x4: max |diff| = {d:.2e}");
+    assert!(d <= TOL, "gguf linear: {d}");
+    assert!(m.info.config_notes.is_empty(), "{:?}", m.info.config_notes);
+    // The same scaling as rope_freqs.weight divisors (how llama.cpp stores llama3 scaling).
+    let f = llama_gguf(|w| {
+        w.add_f32("llama.rope.freq_base", 20000.0);
+        w.add_tensor("rope_freqs.weight", &[4], &[4.0; 4], GgmlType::F32).unwrap();
+    });
+    let d = parity("llama_v4_linear", &load(&f).unwrap());
+    assert!(d <= TOL, "gguf rope_freqs: {d}");
+    // Without the scaling the logits differ: the check can fail.
+    let f = llama_gguf(|w| {
+        w.add_f32("llama.rope.freq_base", 20000.0);
+    });
+    assert!(parity("llama_v4_linear", &load(&f).unwrap()) > 1e-2);
+    // Unsupported scaling type: refused by name.
+    let f = llama_gguf(|w| {
+        w.add_f32("llama.rope.freq_base", 20000.0)
+            .add_string("llama.rope.scaling.type", "yarn")
+            .add_f32("llama.rope.scaling.factor", 4.0);
+    });
+    let e = format!("{:#}", load(&f).err().expect("yarn must be refused"));
+    assert!(e.contains("`yarn`") && e.contains("llama.rope.scaling.type"), "{e}");
+    // No freq_base: llama.cpp's default 10000, loudly.
+    let f = llama_gguf(|_| {});
+    let m = load(&f).unwrap();
+    assert!(m.info.config_notes.iter().any(|n| n.contains("llama.rope.freq_base") && n.contains("10000")), "{:?}", m.info.config_notes);
+}

@@ -463,6 +463,10 @@ fn gguf_inv_freq(g: &GgufFile, key: &dyn Fn(&str) -> String, theta: f64, rotary_
             key("rope.scaling.type")
         ),
     }
+    let attn_factor = key("rope.scaling.attn_factor");
+    if g.get(&attn_factor).is_some() && g.get_f32(&attn_factor)? != 1.0 {
+        bail!("{origin}: `{attn_factor}` = {} (a YaRN-style rescaling of the rotary tables) is not supported", g.get_f32(&attn_factor)?);
+    }
     if g.contains("rope_freqs.weight") {
         let n = inv.len();
         let ff: Vec<f32> = g.load_f32("rope_freqs.weight", &[n], &Device::Cpu)?.to_vec1()?;
