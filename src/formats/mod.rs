@@ -5,3 +5,4 @@
 pub mod gguf;
 pub mod hf;
 pub mod hub;
+pub mod pth;
