@@ -1,10 +1,21 @@
-//! Model runtime: one shared set of blocks ([`blocks`]), one file per family, masks.
+//! Model runtime: one shared set of components (one file each, re-exported by [`blocks`]), one
+//! file per family, masks.
 //!
 //! A [`Model`] is the same structure for every family: embeddings, a stack of [`Block`]s, an
 //! [`LmHead`]. Family files only read their config and map their weight names onto it.
 
+pub mod activation;
+pub mod attention;
 pub mod backward;
+pub mod block;
 pub mod blocks;
+pub mod embeddings;
+pub mod head;
+pub mod layout;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
 pub mod gpt2;
 pub mod llama;
 pub mod mask;
@@ -21,7 +32,8 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 pub use blocks::{Activation, AttnActs, Block, Embeddings, LayerCapture, Layout, LmHead, MlpActs, NormKind, Residual, RopeStyle, TreeRow};
-pub use backward::{Activations, BlockActs, GateGrads, Target};
+pub use backward::{Activations, GateGrads, Target};
+pub use blocks::BlockActs;
 pub use mask::Mask;
 
 use crate::formats::gguf::GgufFile;
@@ -245,6 +257,15 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(candle_core::D::Minus1)?.log()?;
     Ok(shifted.broadcast_sub(&lse)?)
+}
+
+// ---- dtype conversion (f64 copies of a model make exact finite-difference checks possible) ----
+
+pub(crate) fn conv(t: &Tensor, dt: candle_core::DType) -> Result<Tensor> {
+    Ok(t.to_dtype(dt)?)
+}
+pub(crate) fn conv_opt(t: &Option<Tensor>, dt: candle_core::DType) -> Result<Option<Tensor>> {
+    t.as_ref().map(|t| conv(t, dt)).transpose()
 }
 
 /// Everything a family file provides beyond the weights themselves.

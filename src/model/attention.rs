@@ -1,0 +1,187 @@
+//! Multi-head attention: RoPE, grouped-query heads, causal/sliding/tree masks, head gates.
+//!
+//! Shapes: B = batch, T = sequence length, D = hidden size (d_e), H = query heads,
+//! KV = key/value heads (GQA: H % KV == 0), hd = head dim, F = FFN width, V = vocab.
+//! Forward, the forward that keeps activations, and the backward sit side by side (llm.c
+//! style); backwards compute activation gradients only, never weight gradients (backward.rs).
+
+use anyhow::Result;
+use candle_core::{DType, Tensor, D};
+
+use super::layout::{causal_mask, Layout};
+use super::linear::Linear;
+use super::rope::Rope;
+
+/// Numerically stable softmax over the last dim (rows fully masked never occur: the diagonal is
+/// always attendable).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// What a forward pass can record per layer (for induction scores and checks).
+#[derive(Clone, Debug, Default)]
+pub struct LayerCapture {
+    pub record_attn_probs: bool,
+    pub record_head_outputs: bool,
+    /// Post-softmax attention probabilities `[B, H, T, T]` (before the head gate).
+    pub attn_probs: Option<Tensor>,
+    /// Per-head outputs after the head gate, concatenated: the input of the output projection,
+    /// `[B, T, H*hd]` (head h occupies columns `h*hd..(h+1)*hd`).
+    pub head_outputs: Option<Tensor>,
+}
+
+/// Multi-head attention with optional RoPE, grouped-query heads and a sliding window.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies q k^T (1/sqrt(hd), or GPT-2's extra 1/(layer+1)).
+    pub scale: f64,
+    pub rope: Option<Rope>,
+    pub sliding_window: Option<usize>,
+}
+
+/// What the attention backward reads from its forward (kept or recomputed).
+#[derive(Clone, Debug)]
+pub struct AttnActs {
+    /// The attention input `[B, T, D]`.
+    pub x: Tensor,
+    /// Rotated, scaled queries `[B, H, T, hd]`.
+    pub qs: Tensor,
+    /// Rotated keys and values, repeated to H heads under GQA `[B, H, T, hd]`.
+    pub ke: Tensor,
+    pub ve: Tensor,
+    /// Softmax probabilities `[B, H, T, T]`.
+    pub probs: Tensor,
+    /// Head outputs before the gate `[B, H, T, hd]`.
+    pub o: Tensor,
+}
+
+impl Attention {
+    /// x `[B, T, D]` -> `[B, T, D]`.
+    /// `head_gate` `[H]` multiplies each head's output o_h = A_h v_h before the output projection:
+    /// 0 removes the head entirely (value bias included), the output bias stays (spec 2.3).
+    /// With GQA the gate is per query head.
+    pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, capture: Option<&mut LayerCapture>) -> Result<Tensor> {
+        Ok(self.forward_acts(x, layout, head_gate, capture)?.0)
+    }
+
+    /// The forward, also returning the activations its backward needs.
+    pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, capture: Option<&mut LayerCapture>) -> Result<(Tensor, AttnActs)> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        // [B, T, heads*hd] -> [B, heads, T, hd]
+        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let mut q = split(self.q.forward(x)?, h)?; // q = x Wq + bq
+        let mut k = split(self.k.forward(x)?, kv)?; // k = x Wk + bk
+        let v = split(self.v.forward(x)?, kv)?; // v = x Wv + bv
+        if let Some(rope) = &self.rope {
+            q = rope.forward(&q, layout)?;
+            k = rope.forward(&k, layout)?;
+        }
+        // GQA: query head i reads kv head i / (H/KV) (transformers' repeat_kv).
+        let (ke, ve) = if kv == h { (k, v) } else { (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?) };
+        let qs = (q * self.scale)?;
+        let scores = qs.matmul(&ke.t()?)?; // S = q k^T * scale + bias   [B, H, T, T]
+        let scores = match layout {
+            Layout::Causal => scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?.to_dtype(x.dtype())?)?,
+            Layout::Custom { bias, .. } => scores.broadcast_add(&bias.to_dtype(x.dtype())?)?,
+        };
+        let probs = softmax_last_dim(&scores)?; // A = softmax(S)
+        let o = probs.matmul(&ve)?; // o = A v   [B, H, T, hd]
+        let og = match head_gate {
+            Some(g) => o.broadcast_mul(&g.to_dtype(o.dtype())?.reshape((1, h, 1, 1))?)?,
+            None => o.clone(),
+        };
+        let og = og.transpose(1, 2)?.reshape((b, t, h * hd))?; // [B, T, H*hd]
+        if let Some(c) = capture {
+            if c.record_attn_probs {
+                c.attn_probs = Some(probs.clone());
+            }
+            if c.record_head_outputs {
+                c.head_outputs = Some(og.clone());
+            }
+        }
+        let y = self.o.forward(&og)?; // out = concat_h(g_h o_h) Wo + bo
+        Ok((y, AttnActs { x: x.clone(), qs, ke, ve, probs, o }))
+    }
+    pub fn n_params(&self) -> usize {
+        self.q.n_params() + self.k.n_params() + self.v.n_params() + self.o.n_params()
+    }
+}
+
+/// `[B, KV, T, hd]` -> `[B, KV*n_rep, T, hd]`, each kv head repeated n_rep times consecutively.
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    let (b, kv, t, hd) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.expand((b, kv, n_rep, t, hd))?.reshape((b, kv * n_rep, t, hd))?)
+}
+
+/// `[B, KV*n_rep, T, hd]` -> `[B, KV, T, hd]`, summing each group (backward of repeat_kv).
+fn sum_groups(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, t, hd) = x.dims4()?;
+    Ok(x.reshape((b, h / n_rep, n_rep, t, hd))?.sum(2)?)
+}
+
+impl Attention {
+    /// From the forward's activations and the upstream gradient dy `[B, T, D]` of the attention
+    /// output: (dx `[B, T, D]`, head dots `[B, H, T]`).
+    pub fn backward(&self, a: &AttnActs, layout: &Layout, head_gate: Option<&Tensor>, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = a.x.dims3()?;
+        let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let rep = h / kv;
+        let split = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
+        let merge = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.transpose(1, 2)?.reshape((b, t, n * hd))?) };
+        // out = concat_h(g_h o_h) Wo + bo  =>  d(g o) = dy Wo
+        let d_go = split(self.o.backward(dy)?, h)?; //   [B, H, T, hd]
+        let head_dot = (&a.o * &d_go)?.sum(D::Minus1)?; // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]
+        let d_o = match head_gate {
+            Some(g) => d_go.broadcast_mul(&g.to_dtype(d_go.dtype())?.reshape((1, h, 1, 1))?)?,
+            None => d_go,
+        };
+        // o = A v  =>  dA = do v^T,  dv = A^T do
+        let d_probs = d_o.matmul(&a.ve.t()?)?;
+        let d_ve = a.probs.t()?.matmul(&d_o)?;
+        // A = softmax(S)  =>  dS = A * (dA - rowsum(dA * A))   (masked entries have A = 0)
+        let row = (&d_probs * &a.probs)?.sum_keepdim(D::Minus1)?;
+        let d_scores = (&a.probs * d_probs.broadcast_sub(&row)?)?;
+        // S = (q scale) k^T  =>  dq = dS k scale,  dk = dS^T (q scale)
+        let mut d_q = (d_scores.matmul(&a.ke)? * self.scale)?;
+        let d_ke = d_scores.t()?.matmul(&a.qs)?;
+        // GQA: a kv head's gradient sums over the query heads that read it.
+        let mut d_k = sum_groups(&d_ke, rep)?;
+        let d_v = sum_groups(&d_ve, rep)?;
+        if let Some(rope) = &self.rope {
+            d_q = rope.backward(&d_q, layout)?; // q = rope(q)
+            d_k = rope.backward(&d_k, layout)?;
+        }
+        // q, k, v = x W + b  =>  dx = dq Wq + dk Wk + dv Wv
+        let dx = ((self.q.backward(&merge(d_q, h)?)? + self.k.backward(&merge(d_k, kv)?)?)? + self.v.backward(&merge(d_v, kv)?)?)?;
+        Ok((dx, head_dot))
+    }
+}
+
+impl Attention {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(Self {
+            q: self.q.to_dtype(dt)?,
+            k: self.k.to_dtype(dt)?,
+            v: self.v.to_dtype(dt)?,
+            o: self.o.to_dtype(dt)?,
+            rope: self.rope.as_ref().map(|r| r.to_dtype(dt)).transpose()?,
+            ..self.clone()
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! The FFN branch (plain or SwiGLU), without its norm.
+//!
+//! Shapes: B = batch, T = sequence length, D = hidden size (d_e), H = query heads,
+//! KV = key/value heads (GQA: H % KV == 0), hd = head dim, F = FFN width, V = vocab.
+//! Forward, the forward that keeps activations, and the backward sit side by side (llm.c
+//! style); backwards compute activation gradients only, never weight gradients (backward.rs).
+
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+
+use super::activation::Activation;
+use super::linear::Linear;
+
+/// What the FFN backward reads: the first projection's output (the gate projection for
+/// SwiGLU) and, for SwiGLU, the up projection `[B, T, F]`.
+#[derive(Clone, Debug)]
+pub struct MlpActs {
+    pub h: Tensor,
+    pub u: Option<Tensor>,
+}
+
+/// The FFN branch without its norm: `fc2(act(fc1 x))` or SwiGLU `down(act(gate x) * up x)`.
+#[derive(Clone, Debug)]
+pub enum Mlp {
+    Plain { fc1: Linear, fc2: Linear, act: Activation },
+    Gated { gate: Linear, up: Linear, down: Linear, act: Activation },
+}
+
+impl Mlp {
+    /// x `[B, T, D]` -> `[B, T, D]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_acts(x)?.0)
+    }
+
+    /// The forward, also returning the pre-activations its backward needs.
+    pub fn forward_acts(&self, x: &Tensor) -> Result<(Tensor, MlpActs)> {
+        match self {
+            // y = fc2(act(fc1 x))
+            Self::Plain { fc1, fc2, act } => {
+                let h = fc1.forward(x)?;
+                let y = fc2.forward(&act.forward(&h)?)?;
+                Ok((y, MlpActs { h, u: None }))
+            }
+            // y = down(act(gate x) * up x)
+            Self::Gated { gate, up, down, act } => {
+                let g = gate.forward(x)?;
+                let u = up.forward(x)?;
+                let y = down.forward(&(act.forward(&g)? * &u)?)?;
+                Ok((y, MlpActs { h: g, u: Some(u) }))
+            }
+        }
+    }
+    pub fn activation(&self) -> Activation {
+        match self {
+            Self::Plain { act, .. } | Self::Gated { act, .. } => *act,
+        }
+    }
+    pub fn width(&self) -> usize {
+        match self {
+            Self::Plain { fc1, .. } => fc1.out_features(),
+            Self::Gated { up, .. } => up.out_features(),
+        }
+    }
+    pub fn n_params(&self) -> usize {
+        match self {
+            Self::Plain { fc1, fc2, .. } => fc1.n_params() + fc2.n_params(),
+            Self::Gated { gate, up, down, .. } => gate.n_params() + up.n_params() + down.n_params(),
+        }
+    }
+}
+
+impl Mlp {
+    /// Backward of the FFN branch (no norm) from its forward's activations: dy -> dx `[B, T, D]`.
+    pub fn backward(&self, acts: &MlpActs, dy: &Tensor) -> Result<Tensor> {
+        match self {
+            // y = fc2(act(h)), h = fc1 x
+            Self::Plain { fc1, fc2, act } => {
+                let da = fc2.backward(dy)?;
+                fc1.backward(&act.backward(&acts.h, &da)?)
+            }
+            // y = down(act(g) * u), g = gate x, u = up x
+            Self::Gated { gate, up, down, act } => {
+                let u = acts.u.as_ref().ok_or_else(|| anyhow::anyhow!("SwiGLU activations lack the up projection"))?;
+                let da = down.backward(dy)?;
+                let dg = act.backward(&acts.h, &(&da * u)?)?;
+                let du = (act.forward(&acts.h)? * &da)?;
+                Ok((gate.backward(&dg)? + up.backward(&du)?)?)
+            }
+        }
+    }
+}
+
+impl Mlp {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(match self {
+            Self::Plain { fc1, fc2, act } => Self::Plain { fc1: fc1.to_dtype(dt)?, fc2: fc2.to_dtype(dt)?, act: *act },
+            Self::Gated { gate, up, down, act } => {
+                Self::Gated { gate: gate.to_dtype(dt)?, up: up.to_dtype(dt)?, down: down.to_dtype(dt)?, act: *act }
+            }
+        })
+    }
+}
