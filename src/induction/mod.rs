@@ -98,7 +98,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::model::{Capture, LayerCapture, Layout, Model, Residual};
+use crate::model::{Capture, Layout, Model};
 use crate::tokenizer::Tokenizer;
 
 // ------------------------------------------------------------------------------------------------
@@ -438,20 +438,19 @@ pub fn prefix_matching(model: &Model, seqs: &[InductionSeq], mode: PrefixMode, o
             bail!("prefix-matching sequence {s} is not [BOS] + X repeated 4 times");
         }
         let ids = model.batch_ids(std::slice::from_ref(&seq.ids))?;
-        let mut x = model.embed.forward(&ids, &Layout::Causal)?;
         let mut row = vec![0.0; nl * nh];
         let mut row_tl = vec![0.0; nl * nh];
-        for (l, block) in model.blocks.iter().enumerate() {
-            let mut cap = LayerCapture { record_attn_probs: true, ..Default::default() };
-            x = block.forward(&x, &Layout::Causal, None, 1.0, Some(&mut cap))?;
-            let probs = cap.attn_probs.context("the attention did not record its probabilities")?;
-            let buf: Vec<f32> = probs.flatten_all()?.to_vec1()?;
+        // The model's own layer loop; each layer's record is dropped after scoring, so only one
+        // layer's attention `[1, H, T, T]` is held at once.
+        model.forward_layers(&ids, &Layout::Causal, None, false, &mut |l, acts, _| {
+            let buf: Vec<f32> = acts.attn.pattern.flatten_all()?.to_vec1()?;
             for h in 0..nh {
                 let a = head_slice(&buf, h, t);
                 row[l * nh + h] = prefix_score(a, t, seq.offset, seq.len, mode);
                 row_tl[l * nh + h] = tl_induction_score(a, &seq.ids);
             }
-        }
+            Ok(())
+        })?;
         prefix.push(row);
         tl.push(row_tl);
         on_sequence(s + 1);
@@ -468,30 +467,20 @@ pub fn prefix_matching(model: &Model, seqs: &[InductionSeq], mode: PrefixMode, o
 pub fn direct_path(model: &Model, l: usize, ids: &[u32], mode: CopyMode) -> Result<(Tensor, Tensor)> {
     let block = model.blocks.get(l).with_context(|| format!("layer {l} out of range"))?;
     let attn = &block.attn;
-    let (h, kv, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
-    let t = ids.len();
+    let (h, hd) = (attn.n_heads, attn.head_dim);
     let idt = model.batch_ids(&[ids.to_vec()])?; // [1, T]
     let e = model.embed.forward(&idt, &Layout::Causal)?; // [1, T, D]
-    let hs = match block.residual {
-        Residual::PostNorm => e, // OPT-350m: no norm before attention (spec 9.16)
-        Residual::PreNorm | Residual::Parallel => block.attn_norm.forward(&e)?,
-    };
-    let mut cap = LayerCapture { record_attn_probs: true, record_head_outputs: mode == CopyMode::Olsson, ..Default::default() };
-    attn.forward(&hs, &Layout::Causal, None, Some(&mut cap))?;
-    let probs = cap.attn_probs.context("no attention probabilities recorded")?.squeeze(0)?; // [H, T, T]
+    // The block's own attention half on the embeddings alone: ln1(e) for pre-norm and parallel
+    // blocks, e itself for post-norm (OPT-350m: no norm before attention, spec 9.16).
+    let (_, _, acts) = block.attention_half(&e, &Layout::Causal, None)?;
+    let probs = acts.pattern.squeeze(0)?; // [H, T, T]
     // Per query head, the vector its out_proj slice reads: [H, T, hd].
     let per_head = match mode {
-        CopyMode::Authors => {
-            // The value of the token at each position (not attention-weighted); GQA: kv head h / (H/KV).
-            let v = attn.v.forward(&hs)?.squeeze(0)?.reshape((t, kv, hd))?.transpose(0, 1)?; // [KV, T, hd]
-            let group = h / kv;
-            let idx: Vec<u32> = (0..h).map(|i| (i / group) as u32).collect();
-            v.contiguous()?.index_select(&Tensor::new(idx.as_slice(), v.device())?, 0)?
-        }
-        CopyMode::Olsson => {
-            let o = cap.head_outputs.context("no head outputs recorded")?.squeeze(0)?; // [T, H*hd]
-            o.reshape((t, h, hd))?.transpose(0, 1)?.contiguous()? // [H, T, hd]
-        }
+        // The value of the token at each position (not attention-weighted); under GQA the
+        // record already holds kv head h / (H/KV) for query head h (repeat_kv).
+        CopyMode::Authors => acts.v.squeeze(0)?.contiguous()?,
+        // The head output A_h v_h (no gate: the model is unmasked).
+        CopyMode::Olsson => acts.z.squeeze(0)?.contiguous()?,
     };
     // z[h][j][k] = (per_head[h][j] Wo_h^T (+ bo)) P^T u_k with P = project_out (identity if
     // absent) and u_k the unembedding row of ids[k]. Associated as per_head (Wo_h^T M^T) with

@@ -21,18 +21,6 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&s)?)
 }
 
-/// What a forward pass can record per layer (for induction scores and checks).
-#[derive(Clone, Debug, Default)]
-pub struct LayerCapture {
-    pub record_attn_probs: bool,
-    pub record_head_outputs: bool,
-    /// Post-softmax attention probabilities `[B, H, T, T]` (before the head gate).
-    pub attn_probs: Option<Tensor>,
-    /// Per-head outputs after the head gate, concatenated: the input of the output projection,
-    /// `[B, T, H*hd]` (head h occupies columns `h*hd..(h+1)*hd`).
-    pub head_outputs: Option<Tensor>,
-}
-
 /// Multi-head attention with optional RoPE, grouped-query heads and a sliding window.
 #[derive(Clone, Debug)]
 pub struct Attention {
@@ -49,20 +37,22 @@ pub struct Attention {
     pub sliding_window: Option<usize>,
 }
 
-/// What the attention backward reads from its forward (kept or recomputed).
+/// The attention's part of a block's activation record ([`BlockActs`](super::block::BlockActs)
+/// `.attn`), named as TransformerLens's `attn.hook_q`, `hook_k`, `hook_v`, `hook_pattern`,
+/// `hook_z`. Everything the attention backward reads, nothing more.
 #[derive(Clone, Debug)]
 pub struct AttnActs {
-    /// The attention input `[B, T, D]`.
-    pub x: Tensor,
-    /// Rotated, scaled queries `[B, H, T, hd]`.
-    pub qs: Tensor,
-    /// Rotated keys and values, repeated to H heads under GQA `[B, H, T, hd]`.
-    pub ke: Tensor,
-    pub ve: Tensor,
-    /// Softmax probabilities `[B, H, T, T]`.
-    pub probs: Tensor,
-    /// Head outputs before the gate `[B, H, T, hd]`.
-    pub o: Tensor,
+    /// Rotated queries already multiplied by the score scale `[B, H, T, hd]` (the backward
+    /// needs exactly the matmul operand; TL's `q` is unscaled).
+    pub q: Tensor,
+    /// Rotated keys and values, repeated to H heads under GQA `[B, H, T, hd]` (query head i
+    /// reads kv head i / (H/KV), transformers' repeat_kv): the operands of the two matmuls.
+    pub k: Tensor,
+    pub v: Tensor,
+    /// Post-softmax attention probabilities `[B, H, T, T]` (row = query), before the head gate.
+    pub pattern: Tensor,
+    /// Per-head outputs `A_h v_h` before the head gate `[B, H, T, hd]`.
+    pub z: Tensor,
 }
 
 impl Attention {
@@ -70,12 +60,13 @@ impl Attention {
     /// `head_gate` `[H]` multiplies each head's output o_h = A_h v_h before the output projection:
     /// 0 removes the head entirely (value bias included), the output bias stays (spec 2.3).
     /// With GQA the gate is per query head.
-    pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, capture: Option<&mut LayerCapture>) -> Result<Tensor> {
-        Ok(self.forward_acts(x, layout, head_gate, capture)?.0)
+    pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.forward_acts(x, layout, head_gate)?.0)
     }
 
-    /// The forward, also returning the activations its backward needs.
-    pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, capture: Option<&mut LayerCapture>) -> Result<(Tensor, AttnActs)> {
+    /// The forward, also returning the activations its backward (and capture) read. Holding
+    /// them costs nothing extra: they are the forward's own intermediates (reference-counted).
+    pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>) -> Result<(Tensor, AttnActs)> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // [B, T, heads*hd] -> [B, heads, T, hd]
@@ -99,22 +90,22 @@ impl Attention {
         };
         let probs = softmax_last_dim(&scores)?; // A = softmax(S)
         let o = probs.matmul(&ve)?; // o = A v   [B, H, T, hd]
-        let og = match head_gate {
-            Some(g) => o.broadcast_mul(&g.to_dtype(o.dtype())?.reshape((1, h, 1, 1))?)?,
-            None => o.clone(),
-        };
-        let og = og.transpose(1, 2)?.reshape((b, t, h * hd))?; // [B, T, H*hd]
-        if let Some(c) = capture {
-            if c.record_attn_probs {
-                c.attn_probs = Some(probs.clone());
-            }
-            if c.record_head_outputs {
-                c.head_outputs = Some(og.clone());
-            }
-        }
+        let og = self.gated_heads(&o, head_gate)?; // [B, T, H*hd]
         let y = self.o.forward(&og)?; // out = concat_h(g_h o_h) Wo + bo
-        Ok((y, AttnActs { x: x.clone(), qs, ke, ve, probs, o }))
+        Ok((y, AttnActs { q: qs, k: ke, v: ve, pattern: probs, z: o }))
     }
+
+    /// Per-head outputs z `[B, H, T, hd]` times the head gate, concatenated: the input of the
+    /// output projection `[B, T, H*hd]` (head h occupies columns `h*hd..(h+1)*hd`).
+    pub fn gated_heads(&self, z: &Tensor, head_gate: Option<&Tensor>) -> Result<Tensor> {
+        let (b, h, t, hd) = z.dims4()?;
+        let og = match head_gate {
+            Some(g) => z.broadcast_mul(&g.to_dtype(z.dtype())?.reshape((1, h, 1, 1))?)?,
+            None => z.clone(),
+        };
+        Ok(og.transpose(1, 2)?.reshape((b, t, h * hd))?)
+    }
+
     pub fn n_params(&self) -> usize {
         self.q.n_params() + self.k.n_params() + self.v.n_params() + self.o.n_params()
     }
@@ -139,27 +130,27 @@ impl Attention {
     /// From the forward's activations and the upstream gradient dy `[B, T, D]` of the attention
     /// output: (dx `[B, T, D]`, head dots `[B, H, T]`).
     pub fn backward(&self, a: &AttnActs, layout: &Layout, head_gate: Option<&Tensor>, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, t, _) = a.x.dims3()?;
+        let (b, t, _) = dy.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kv;
         let split = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
         let merge = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.transpose(1, 2)?.reshape((b, t, n * hd))?) };
         // out = concat_h(g_h o_h) Wo + bo  =>  d(g o) = dy Wo
         let d_go = split(self.o.backward(dy)?, h)?; //   [B, H, T, hd]
-        let head_dot = (&a.o * &d_go)?.sum(D::Minus1)?; // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]
+        let head_dot = (&a.z * &d_go)?.sum(D::Minus1)?; // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]
         let d_o = match head_gate {
             Some(g) => d_go.broadcast_mul(&g.to_dtype(d_go.dtype())?.reshape((1, h, 1, 1))?)?,
             None => d_go,
         };
         // o = A v  =>  dA = do v^T,  dv = A^T do
-        let d_probs = d_o.matmul(&a.ve.t()?)?;
-        let d_ve = a.probs.t()?.matmul(&d_o)?;
+        let d_probs = d_o.matmul(&a.v.t()?)?;
+        let d_ve = a.pattern.t()?.matmul(&d_o)?;
         // A = softmax(S)  =>  dS = A * (dA - rowsum(dA * A))   (masked entries have A = 0)
-        let row = (&d_probs * &a.probs)?.sum_keepdim(D::Minus1)?;
-        let d_scores = (&a.probs * d_probs.broadcast_sub(&row)?)?;
+        let row = (&d_probs * &a.pattern)?.sum_keepdim(D::Minus1)?;
+        let d_scores = (&a.pattern * d_probs.broadcast_sub(&row)?)?;
         // S = (q scale) k^T  =>  dq = dS k scale,  dk = dS^T (q scale)
-        let mut d_q = (d_scores.matmul(&a.ke)? * self.scale)?;
-        let d_ke = d_scores.t()?.matmul(&a.qs)?;
+        let mut d_q = (d_scores.matmul(&a.k)? * self.scale)?;
+        let d_ke = d_scores.t()?.matmul(&a.q)?;
         // GQA: a kv head's gradient sums over the query heads that read it.
         let mut d_k = sum_groups(&d_ke, rep)?;
         let d_v = sum_groups(&d_ve, rep)?;

@@ -63,9 +63,9 @@ impl Model {
     pub fn block_activation_bytes(&self, b: usize, t: usize) -> usize {
         let i = &self.info;
         let bt = b * t;
-        let floats = bt * i.hidden * 4 // x, mid, f, attention input
-            + bt * i.n_heads * i.head_dim * 4 // qs, ke, ve, o
-            + b * i.n_heads * t * t // probs
+        let floats = bt * i.hidden * 4 // resid_pre, ln1, resid_mid, mlp_out
+            + bt * i.n_heads * i.head_dim * 4 // attn.q, k, v, z
+            + b * i.n_heads * t * t // attn.pattern
             + bt * i.ffn_dim * 2; // pre-activations (gate + up for SwiGLU)
         floats * 4
     }
@@ -79,35 +79,20 @@ impl Model {
 
     pub fn gate_gradients_with(&self, ids: &Tensor, layout: &Layout, mask: Option<&Mask>, targets: &[Target], policy: Activations) -> Result<GateGrads> {
         let (b, t) = ids.dims2()?;
-        if let Some(m) = mask {
-            m.validate(self.n_layers(), self.n_heads())?;
-        }
         let keep = match policy {
             Activations::Keep => true,
             Activations::Recompute => false,
             Activations::Auto { budget_bytes } => self.block_activation_bytes(b, t) * self.n_layers() <= budget_bytes,
         };
-        let gates: Vec<Option<Tensor>> = (0..self.n_layers())
-            .map(|l| match mask {
-                Some(m) if !m.layer_heads_all_kept(l) => super::blocks::gate_tensor(&m.heads[l], &self.device).map(Some),
-                _ => Ok(None),
-            })
-            .collect::<Result<_>>()?;
-        let ffn_gate = |l: usize| mask.map_or(1.0, |m| m.ffns[l]);
-        // Forward, keeping each block's activations or only its input.
+        let gates = self.head_gates(mask)?;
+        let ffn_gate = |l: usize| self.ffn_gate(mask, l);
+        // Forward through the model's one layer loop, keeping each block's activation record
+        // or only its input (resid_pre).
         let mut saved: Vec<Result<BlockActs, Tensor>> = Vec::with_capacity(self.n_layers());
-        let mut x = self.embed.forward(ids, layout)?;
-        for (l, block) in self.blocks.iter().enumerate() {
-            if keep {
-                let (next, acts) = block.forward_acts(&x, layout, gates[l].as_ref(), ffn_gate(l))?;
-                saved.push(Ok(acts));
-                x = next;
-            } else {
-                let next = block.forward(&x, layout, gates[l].as_ref(), ffn_gate(l), None)?;
-                saved.push(Err(x));
-                x = next;
-            }
-        }
+        let x = self.forward_layers(ids, layout, mask, keep, &mut |_, acts, _| {
+            saved.push(if keep { Ok(acts) } else { Err(acts.resid_pre) });
+            Ok(())
+        })?;
         // Loss rows: position p predicts token p + 1.
         let ids_host: Vec<Vec<u32>> = ids.to_vec2()?;
         let mut rows = Vec::new();

@@ -1,14 +1,22 @@
-//! One decoder layer: the residual wiring of attention and FFN (pre-norm, post-norm, parallel).
+//! One decoder layer: the residual wiring of attention and FFN (pre-norm, post-norm, parallel),
+//! written once per direction: [`Block::run`] is the only forward (the plain forward, capture,
+//! the activation-keeping forward of the gradient pass and induction's layer loop all go
+//! through it), and [`Block::backward`] mirrors it line by line right below.
 //!
 //! Shapes: B = batch, T = sequence length, D = hidden size (d_e), H = query heads,
 //! KV = key/value heads (GQA: H % KV == 0), hd = head dim, F = FFN width, V = vocab.
-//! Forward, the forward that keeps activations, and the backward sit side by side (llm.c
-//! style); backwards compute activation gradients only, never weight gradients (backward.rs).
+//! Backwards compute activation gradients only, never weight gradients (backward.rs).
+//!
+//! # The activation record
+//! A block's forward yields one [`BlockActs`], its fields named by place after TransformerLens's
+//! hook points (`resid_pre`, `ln1`, `attn.{q,k,v,pattern,z}`, `resid_mid`, `mlp.{pre,pre_linear}`,
+//! `mlp_out`), holding what the backward, [`LayerCapture`] and the induction scores read and
+//! nothing more (activation memory is what limits the gradient pass's batch).
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use candle_core::{DType, Tensor, D};
 
-use super::attention::{Attention, AttnActs, LayerCapture};
+use super::attention::{Attention, AttnActs};
 use super::layout::Layout;
 use super::mlp::{Mlp, MlpActs};
 use super::norm::Norm;
@@ -26,6 +34,14 @@ pub enum Residual {
     Parallel,
 }
 
+impl Residual {
+    /// Whether the attention reads `ln1(x)` (pre-norm, parallel) or the raw block input x
+    /// (post-norm: ln1 comes after the residual add, spec 9.16).
+    pub fn norms_attention_input(self) -> bool {
+        !matches!(self, Residual::PostNorm)
+    }
+}
+
 /// One decoder layer.
 #[derive(Clone, Debug)]
 pub struct Block {
@@ -36,47 +52,27 @@ pub struct Block {
     pub residual: Residual,
 }
 
-impl Block {
-    /// x `[B, T, D]` -> `[B, T, D]`. `head_gate` `[H]` (None = all heads kept);
-    /// `ffn_gate` scales the FFN branch output; exactly 0 skips the branch (norm included).
-    pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, capture: Option<&mut LayerCapture>) -> Result<Tensor> {
-        let ffn = |inp: &Tensor| -> Result<Option<Tensor>> {
-            if ffn_gate == 0.0 {
-                return Ok(None);
-            }
-            let y = self.mlp.forward(inp)?;
-            Ok(Some(if ffn_gate == 1.0 { y } else { (y * ffn_gate as f64)? }))
-        };
-        match self.residual {
-            Residual::PreNorm => {
-                let x = (x + self.attn.forward(&self.attn_norm.forward(x)?, layout, head_gate, capture)?)?;
-                match ffn(&self.ffn_norm.forward(&x)?)? {
-                    Some(f) => Ok((x + f)?),
-                    None => Ok(x),
-                }
-            }
-            Residual::PostNorm => {
-                let x = self.attn_norm.forward(&(x + self.attn.forward(x, layout, head_gate, capture)?)?)?;
-                let x = match ffn(&x)? {
-                    Some(f) => (x + f)?,
-                    None => x,
-                };
-                self.ffn_norm.forward(&x)
-            }
-            Residual::Parallel => {
-                // Both branches read the block input x.
-                let a = self.attn.forward(&self.attn_norm.forward(x)?, layout, head_gate, capture)?;
-                let out = (x + a)?;
-                match ffn(&self.ffn_norm.forward(x)?)? {
-                    Some(f) => Ok((out + f)?),
-                    None => Ok(out),
-                }
-            }
-        }
-    }
-    pub fn n_params(&self) -> usize {
-        self.attn_norm.n_params() + self.attn.n_params() + self.ffn_norm.n_params() + self.mlp.n_params()
-    }
+/// One block's activations, named by place (TransformerLens's hook names). Every tensor is one
+/// the forward computed anyway (reference-counted, so keeping one costs memory, not time).
+#[derive(Clone, Debug)]
+pub struct BlockActs {
+    /// The block input `[B, T, D]`.
+    pub resid_pre: Tensor,
+    /// The attention's input `[B, T, D]`: `ln1(resid_pre)` (pre-norm, parallel), or
+    /// `resid_pre` itself (post-norm, which has no norm before attention).
+    pub ln1: Tensor,
+    /// q, k, v, pattern, z: what the attention backward reads.
+    pub attn: AttnActs,
+    /// `resid_pre + attn_out` `[B, T, D]`: the FFN norm's input (pre-norm), ln1's input
+    /// (post-norm), the partial sum before the FFN branch is added (parallel).
+    pub resid_mid: Tensor,
+    /// The FFN's pre-activations; None when a plain forward skipped a removed FFN (gate 0).
+    pub mlp: Option<MlpActs>,
+    /// The FFN branch output before its gate `[B, T, D]`; None when skipped.
+    pub mlp_out: Option<Tensor>,
+    /// Post-norm only: `ln1(resid_mid) + g mlp_out`, ln2's input `[B, T, D]` (the block output
+    /// is `ln2` of it).
+    pub resid_post_unnormed: Option<Tensor>,
 }
 
 /// A block's input gradient and its gate dots.
@@ -89,81 +85,135 @@ pub struct BlockGrads {
     pub ffn_dot: Tensor,
 }
 
-/// What a block's backward reads from its forward.
-pub struct BlockActs {
-    /// The block input `[B, T, D]`.
-    pub x: Tensor,
-    pub attn: AttnActs,
-    pub mlp: MlpActs,
-    /// The FFN branch output before its gate `[B, T, D]`.
-    pub f: Tensor,
-    /// PreNorm: x1 = x + attn (the FFN norm's input). PostNorm: z1 = x + attn (the attention
-    /// norm's input). Parallel: unused (the block input).
-    pub mid: Tensor,
-    /// PostNorm only: z2 = y1 + g f (the FFN norm's input).
-    pub z2: Option<Tensor>,
+/// What a forward pass can record per layer (for induction scores and checks); filled from the
+/// block's [`BlockActs`].
+#[derive(Clone, Debug, Default)]
+pub struct LayerCapture {
+    pub record_attn_probs: bool,
+    pub record_head_outputs: bool,
+    /// Post-softmax attention probabilities `[B, H, T, T]` (before the head gate): `attn.pattern`.
+    pub attn_probs: Option<Tensor>,
+    /// Per-head outputs after the head gate, concatenated: the input of the output projection,
+    /// `[B, T, H*hd]` (head h occupies columns `h*hd..(h+1)*hd`): the gated `attn.z`.
+    pub head_outputs: Option<Tensor>,
+}
+
+impl LayerCapture {
+    /// Takes what was asked for from a block's record.
+    pub fn record(&mut self, block: &Block, acts: &BlockActs, head_gate: Option<&Tensor>) -> Result<()> {
+        if self.record_attn_probs {
+            self.attn_probs = Some(acts.attn.pattern.clone());
+        }
+        if self.record_head_outputs {
+            self.head_outputs = Some(block.attn.gated_heads(&acts.attn.z, head_gate)?);
+        }
+        Ok(())
+    }
 }
 
 impl Block {
+    /// x `[B, T, D]` -> `[B, T, D]`. `head_gate` `[H]` (None = all heads kept);
+    /// `ffn_gate` scales the FFN branch output; exactly 0 skips the branch (norm included).
+    pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, capture: Option<&mut LayerCapture>) -> Result<Tensor> {
+        let (y, acts) = self.run(x, layout, head_gate, ffn_gate, false)?;
+        if let Some(c) = capture {
+            c.record(self, &acts, head_gate)?;
+        }
+        Ok(y)
+    }
+
     /// The block forward keeping what its backward reads. Unlike [`Block::forward`], a removed
     /// FFN (gate 0) is still computed: its gate gradient is defined and wanted.
     pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32) -> Result<(Tensor, BlockActs)> {
-        let g = ffn_gate as f64;
-        Ok(match self.residual {
-            Residual::PreNorm => {
-                // x1 = x + attn(n1 x);  y = x1 + g mlp(n2 x1)
-                let (a, attn) = self.attn.forward_acts(&self.attn_norm.forward(x)?, layout, head_gate, None)?;
-                let x1 = (x + a)?;
-                let (f, mlp) = self.mlp.forward_acts(&self.ffn_norm.forward(&x1)?)?;
-                let y = (&x1 + (&f * g)?)?;
-                (y, BlockActs { x: x.clone(), attn, mlp, f, mid: x1, z2: None })
-            }
-            Residual::PostNorm => {
-                // z1 = x + attn(x); y1 = n1(z1); z2 = y1 + g mlp(y1); y = n2(z2)
-                let (a, attn) = self.attn.forward_acts(x, layout, head_gate, None)?;
-                let z1 = (x + a)?;
-                let y1 = self.attn_norm.forward(&z1)?;
-                let (f, mlp) = self.mlp.forward_acts(&y1)?;
-                let z2 = (&y1 + (&f * g)?)?;
-                let y = self.ffn_norm.forward(&z2)?;
-                (y, BlockActs { x: x.clone(), attn, mlp, f, mid: z1, z2: Some(z2) })
-            }
-            Residual::Parallel => {
-                // y = x + attn(n1 x) + g mlp(n2 x)
-                let (a, attn) = self.attn.forward_acts(&self.attn_norm.forward(x)?, layout, head_gate, None)?;
-                let (f, mlp) = self.mlp.forward_acts(&self.ffn_norm.forward(x)?)?;
-                let y = ((x + a)? + (&f * g)?)?;
-                (y, BlockActs { x: x.clone(), attn, mlp, f, mid: x.clone(), z2: None })
-            }
-        })
+        self.run(x, layout, head_gate, ffn_gate, true)
     }
 
-    /// Back-propagates dy (gradient of the block output) through the block, from its forward's
-    /// activations.
+    /// The attention half every wiring shares: (ln1 = the attention input, attn_out `[B, T, D]`,
+    /// the attention's record). Also induction's direct path, run on the embeddings alone.
+    pub fn attention_half(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>) -> Result<(Tensor, Tensor, AttnActs)> {
+        let ln1 = if self.residual.norms_attention_input() { self.attn_norm.forward(x)? } else { x.clone() };
+        let (attn_out, attn) = self.attn.forward_acts(&ln1, layout, head_gate)?;
+        Ok((ln1, attn_out, attn))
+    }
+
+    /// The one forward: x -> (block output, activation record). `keep_removed_ffn` computes an
+    /// FFN whose gate is 0 (the gradient pass wants its gate gradient); otherwise it is skipped.
+    /// A gate of 1 adds the branch output unscaled (bit-identical either way: f * 1 = f).
+    pub fn run(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, keep_removed_ffn: bool) -> Result<(Tensor, BlockActs)> {
+        // f = mlp(inp): (f, its pre-activations, g f), or None when the branch is skipped.
+        let ffn = |inp: &Tensor| -> Result<Option<(Tensor, MlpActs, Tensor)>> {
+            if ffn_gate == 0.0 && !keep_removed_ffn {
+                return Ok(None);
+            }
+            let (f, acts) = self.mlp.forward_acts(inp)?;
+            let gf = if ffn_gate == 1.0 { f.clone() } else { (&f * ffn_gate as f64)? };
+            Ok(Some((f, acts, gf)))
+        };
+        let plus_ffn = |r: &Tensor, branch: &Option<(Tensor, MlpActs, Tensor)>| -> Result<Tensor> {
+            Ok(match branch {
+                Some((_, _, gf)) => (r + gf)?,
+                None => r.clone(),
+            })
+        };
+        // resid_mid = x + attn(ln1)   (ln1 = n1(x), or x for post-norm)
+        let (ln1, attn_out, attn) = self.attention_half(x, layout, head_gate)?;
+        let resid_mid = (x + attn_out)?;
+        let (y, branch, resid_post_unnormed) = match self.residual {
+            Residual::PreNorm => {
+                // y = resid_mid + g mlp(n2 resid_mid)
+                let branch = ffn(&self.ffn_norm.forward(&resid_mid)?)?;
+                (plus_ffn(&resid_mid, &branch)?, branch, None)
+            }
+            Residual::PostNorm => {
+                // y1 = n1(resid_mid);  z2 = y1 + g mlp(y1);  y = n2(z2)   (n2 runs even when the
+                // FFN is removed: the authors' code applies final_layer_norm unconditionally)
+                let y1 = self.attn_norm.forward(&resid_mid)?;
+                let branch = ffn(&y1)?;
+                let z2 = plus_ffn(&y1, &branch)?;
+                (self.ffn_norm.forward(&z2)?, branch, Some(z2))
+            }
+            Residual::Parallel => {
+                // y = (x + attn(n1 x)) + g mlp(n2 x): both branches read the block input
+                let branch = ffn(&self.ffn_norm.forward(x)?)?;
+                (plus_ffn(&resid_mid, &branch)?, branch, None)
+            }
+        };
+        let (mlp_out, mlp) = match branch {
+            Some((f, acts, _)) => (Some(f), Some(acts)),
+            None => (None, None),
+        };
+        Ok((y, BlockActs { resid_pre: x.clone(), ln1, attn, resid_mid, mlp, mlp_out, resid_post_unnormed }))
+    }
+
+    /// Back-propagates dy (gradient of the block output) through [`Block::run`], from its
+    /// activation record; each line differentiates the forward line of the same wiring above.
     pub fn backward(&self, acts: &BlockActs, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, dy: &Tensor) -> Result<BlockGrads> {
         let g = ffn_gate as f64;
-        let BlockActs { x, attn, mlp, f, mid, z2 } = acts;
+        let skipped = || anyhow!("internal: the block's FFN was skipped in this forward; the backward needs Block::forward_acts");
+        let f = acts.mlp_out.as_ref().ok_or_else(skipped)?;
+        let mlp = acts.mlp.as_ref().ok_or_else(skipped)?;
+        let x = &acts.resid_pre;
         match self.residual {
             Residual::PreNorm => {
                 let ffn_dot = (f * dy)?.sum(D::Minus1)?;
                 let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
-                let dx1 = (dy + self.ffn_norm.backward(mid, &dn2)?)?;
-                let (dn1, head_dot) = self.attn.backward(attn, layout, head_gate, &dx1)?;
+                let dx1 = (dy + self.ffn_norm.backward(&acts.resid_mid, &dn2)?)?;
+                let (dn1, head_dot) = self.attn.backward(&acts.attn, layout, head_gate, &dx1)?;
                 let dx = (&dx1 + self.attn_norm.backward(x, &dn1)?)?;
                 Ok(BlockGrads { dx, head_dot, ffn_dot })
             }
             Residual::PostNorm => {
-                let z2 = z2.as_ref().ok_or_else(|| anyhow::anyhow!("post-norm activations lack z2"))?;
+                let z2 = acts.resid_post_unnormed.as_ref().ok_or_else(|| anyhow!("internal: post-norm activations lack ln2's input"))?;
                 let dz2 = self.ffn_norm.backward(z2, dy)?;
                 let ffn_dot = (f * &dz2)?.sum(D::Minus1)?;
                 let dy1 = (&dz2 + self.mlp.backward(mlp, &(&dz2 * g)?)?)?;
-                let dz1 = self.attn_norm.backward(mid, &dy1)?;
-                let (dxa, head_dot) = self.attn.backward(attn, layout, head_gate, &dz1)?;
+                let dz1 = self.attn_norm.backward(&acts.resid_mid, &dy1)?;
+                let (dxa, head_dot) = self.attn.backward(&acts.attn, layout, head_gate, &dz1)?;
                 Ok(BlockGrads { dx: (dz1 + dxa)?, head_dot, ffn_dot })
             }
             Residual::Parallel => {
                 let ffn_dot = (f * dy)?.sum(D::Minus1)?;
-                let (dn1, head_dot) = self.attn.backward(attn, layout, head_gate, dy)?;
+                let (dn1, head_dot) = self.attn.backward(&acts.attn, layout, head_gate, dy)?;
                 let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
                 let dx = ((dy + self.attn_norm.backward(x, &dn1)?)? + self.ffn_norm.backward(x, &dn2)?)?;
                 Ok(BlockGrads { dx, head_dot, ffn_dot })
@@ -175,6 +225,10 @@ impl Block {
     pub fn backward_recompute(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, dy: &Tensor) -> Result<BlockGrads> {
         let (_, acts) = self.forward_acts(x, layout, head_gate, ffn_gate)?;
         self.backward(&acts, layout, head_gate, ffn_gate, dy)
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.attn_norm.n_params() + self.attn.n_params() + self.ffn_norm.n_params() + self.mlp.n_params()
     }
 }
 

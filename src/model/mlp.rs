@@ -11,12 +11,15 @@ use candle_core::{DType, Tensor};
 use super::activation::Activation;
 use super::linear::Linear;
 
-/// What the FFN backward reads: the first projection's output (the gate projection for
-/// SwiGLU) and, for SwiGLU, the up projection `[B, T, F]`.
+/// What the FFN backward reads (the `mlp` part of a block's [`BlockActs`](super::block::BlockActs),
+/// TransformerLens's `mlp.hook_pre` / `mlp.hook_pre_linear`).
 #[derive(Clone, Debug)]
 pub struct MlpActs {
-    pub h: Tensor,
-    pub u: Option<Tensor>,
+    /// The first projection's output `[B, T, F]`: `fc1 x`, or the gate projection `gate x` for
+    /// SwiGLU (the activation's input).
+    pub pre: Tensor,
+    /// SwiGLU only: the up projection `up x` `[B, T, F]`.
+    pub pre_linear: Option<Tensor>,
 }
 
 /// The FFN branch without its norm: `fc2(act(fc1 x))` or SwiGLU `down(act(gate x) * up x)`.
@@ -39,14 +42,14 @@ impl Mlp {
             Self::Plain { fc1, fc2, act } => {
                 let h = fc1.forward(x)?;
                 let y = fc2.forward(&act.forward(&h)?)?;
-                Ok((y, MlpActs { h, u: None }))
+                Ok((y, MlpActs { pre: h, pre_linear: None }))
             }
             // y = down(act(gate x) * up x)
             Self::Gated { gate, up, down, act } => {
                 let g = gate.forward(x)?;
                 let u = up.forward(x)?;
                 let y = down.forward(&(act.forward(&g)? * &u)?)?;
-                Ok((y, MlpActs { h: g, u: Some(u) }))
+                Ok((y, MlpActs { pre: g, pre_linear: Some(u) }))
             }
         }
     }
@@ -76,14 +79,14 @@ impl Mlp {
             // y = fc2(act(h)), h = fc1 x
             Self::Plain { fc1, fc2, act } => {
                 let da = fc2.backward(dy)?;
-                fc1.backward(&act.backward(&acts.h, &da)?)
+                fc1.backward(&act.backward(&acts.pre, &da)?)
             }
             // y = down(act(g) * u), g = gate x, u = up x
             Self::Gated { gate, up, down, act } => {
-                let u = acts.u.as_ref().ok_or_else(|| anyhow::anyhow!("SwiGLU activations lack the up projection"))?;
+                let u = acts.pre_linear.as_ref().ok_or_else(|| anyhow::anyhow!("SwiGLU activations lack the up projection"))?;
                 let da = down.backward(dy)?;
-                let dg = act.backward(&acts.h, &(&da * u)?)?;
-                let du = (act.forward(&acts.h)? * &da)?;
+                let dg = act.backward(&acts.pre, &(&da * u)?)?;
+                let du = (act.forward(&acts.pre)? * &da)?;
                 Ok((gate.backward(&dg)? + up.backward(&du)?)?)
             }
         }

@@ -203,20 +203,52 @@ impl Model {
     /// [`Model::forward_hidden`] with explicit positions and visibility (e.g. a shared context
     /// with one branch per answer option, [`Layout::tree`]).
     pub fn forward_hidden_with(&self, ids: &Tensor, layout: &Layout, mask: Option<&Mask>, mut capture: Option<&mut Capture>) -> Result<Tensor> {
+        self.forward_layers(ids, layout, mask, false, &mut |l, acts, head_gate| match capture.as_deref_mut().and_then(|c| c.layers.get_mut(l)) {
+            Some(c) => c.record(&self.blocks[l], &acts, head_gate),
+            None => Ok(()),
+        })
+    }
+
+    /// The one layer loop (forward, capture, the gradient pass and induction all use it):
+    /// ids `[B, T]` -> residual stream after the last block `[B, T, D]`, each block run by
+    /// [`Block::run`]. `on_layer(l, acts, head_gate)` receives block l's activation record as
+    /// soon as it is made and decides what to keep; dropping it keeps one layer's activations
+    /// alive at a time. `keep_removed_ffn` computes FFNs whose gate is 0 (for their gradient).
+    pub fn forward_layers(
+        &self,
+        ids: &Tensor,
+        layout: &Layout,
+        mask: Option<&Mask>,
+        keep_removed_ffn: bool,
+        on_layer: &mut dyn FnMut(usize, BlockActs, Option<&Tensor>) -> Result<()>,
+    ) -> Result<Tensor> {
+        let gates = self.head_gates(mask)?;
+        let mut x = self.embed.forward(ids, layout)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let (y, acts) = block.run(&x, layout, gates[l].as_ref(), self.ffn_gate(mask, l), keep_removed_ffn)?;
+            on_layer(l, acts, gates[l].as_ref())?;
+            x = y;
+        }
+        Ok(x)
+    }
+
+    /// Per layer, the head gate tensor `[H]`, or None when the mask keeps every head of that
+    /// layer (the gate multiply is skipped, not done with ones). Validates the mask's shape.
+    pub fn head_gates(&self, mask: Option<&Mask>) -> Result<Vec<Option<Tensor>>> {
         if let Some(m) = mask {
             m.validate(self.n_layers(), self.n_heads())?;
         }
-        let mut x = self.embed.forward(ids, layout)?;
-        for (l, block) in self.blocks.iter().enumerate() {
-            let head_gate = match mask {
-                Some(m) if !m.layer_heads_all_kept(l) => Some(blocks::gate_tensor(&m.heads[l], &self.device)?),
-                _ => None,
-            };
-            let ffn_gate = mask.map_or(1.0, |m| m.ffns[l]);
-            let cap = capture.as_deref_mut().and_then(|c| c.layers.get_mut(l));
-            x = block.forward(&x, layout, head_gate.as_ref(), ffn_gate, cap)?;
-        }
-        Ok(x)
+        (0..self.n_layers())
+            .map(|l| match mask {
+                Some(m) if !m.layer_heads_all_kept(l) => blocks::gate_tensor(&m.heads[l], &self.device).map(Some),
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
+    /// Layer l's FFN gate (1 without a mask).
+    pub fn ffn_gate(&self, mask: Option<&Mask>, l: usize) -> f32 {
+        mask.map_or(1.0, |m| m.ffns[l])
     }
 
     /// hidden `[..., D]` -> logits `[..., V]` (final norm, projection, unembedding).
