@@ -92,6 +92,10 @@ pub struct RopeInfo {
     pub theta: f64,
 }
 
+/// What [`Model::forward_layers`] calls after each block: (layer, its activation record, its
+/// head gate `[H]` or None when all heads are kept).
+pub type OnLayer<'a> = dyn FnMut(usize, BlockActs, Option<&Tensor>) -> Result<()> + 'a;
+
 /// Which captures a forward pass records, and what it recorded (one entry per layer).
 #[derive(Clone, Debug, Default)]
 pub struct Capture {
@@ -220,7 +224,7 @@ impl Model {
         layout: &Layout,
         mask: Option<&Mask>,
         keep_removed_ffn: bool,
-        on_layer: &mut dyn FnMut(usize, BlockActs, Option<&Tensor>) -> Result<()>,
+        on_layer: &mut OnLayer<'_>,
     ) -> Result<Tensor> {
         let gates = self.head_gates(mask)?;
         let mut x = self.embed.forward(ids, layout)?;
