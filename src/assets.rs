@@ -261,8 +261,15 @@ fn stamp_path(cache: &Path, id: &str) -> PathBuf {
 }
 
 /// The model to load: `None` or `"default"` gives the fetched default GGUF (an error says to run
-/// `headroom fetch` if it is missing); anything else is a path that must exist.
+/// `headroom fetch` if it is missing); an existing path is used as it is; otherwise a hub id
+/// `org/name[@revision][:FILE]` is looked up in the local Hugging Face cache (see
+/// [`crate::formats::hub`]; nothing is downloaded).
 pub fn resolve_model(spec: Option<&str>, cache: &Path) -> Result<PathBuf> {
+    resolve_model_with(spec, cache, &crate::formats::hub::HubEnv::from_process())
+}
+
+/// [`resolve_model`] with the hub-cache environment given explicitly (tests).
+pub fn resolve_model_with(spec: Option<&str>, cache: &Path, hub_env: &crate::formats::hub::HubEnv) -> Result<PathBuf> {
     match spec {
         None | Some("default") => {
             let path = default_model_path(cache);
@@ -276,9 +283,12 @@ pub fn resolve_model(spec: Option<&str>, cache: &Path) -> Result<PathBuf> {
             let path = PathBuf::from(s);
             if path.exists() {
                 Ok(path)
+            } else if let Some(r) = crate::formats::hub::HubRef::parse(s) {
+                crate::formats::hub::resolve(&r, hub_env)
             } else {
                 anyhow::bail!(
-                    "model {} does not exist (give a GGUF file or a Hugging Face model folder, \
+                    "model {} does not exist (give a GGUF file, a Hugging Face model folder, a hub id \
+                     `org/name[@revision][:FILE.gguf]` already in the local Hugging Face cache, \
                      or leave --model out for the default model)",
                     path.display()
                 )

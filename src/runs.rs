@@ -1,4 +1,4 @@
-//! Run folders (design.md "Run folders, resumability, scale").
+//! Run folders (docs/design.md, "Run folders, units, resumability").
 //!
 //! A run writes into one folder: `manifest.json` (model and its sha256, data versions, seeds,
 //! tool version, options) and one result file per unit of work under `units/<kind>/<key>.json`,
@@ -38,7 +38,7 @@ pub struct ModelId {
 
 impl ModelId {
     /// Hashes the model's files: the GGUF, or config.json + every *.safetensors(.index.json)
-    /// of a folder in name order. Hashes are cached by (path, size, mtime) under `cache`.
+    /// and pytorch_model*.bin(.index.json) of a folder in name order. Hashes are cached by (path, size, mtime) under `cache`.
     pub fn of(path: &Path, cache: Option<&Path>) -> Result<Self> {
         let files: Vec<PathBuf> = if path.is_dir() {
             let mut v: Vec<PathBuf> = std::fs::read_dir(path)
@@ -46,7 +46,10 @@ impl ModelId {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    n == "config.json" || n.ends_with(".safetensors") || n.ends_with(".safetensors.index.json")
+                    n == "config.json"
+                        || n.ends_with(".safetensors")
+                        || n.ends_with(".safetensors.index.json")
+                        || (n.starts_with("pytorch_model") && (n.ends_with(".bin") || n.ends_with(".bin.index.json")))
                 })
                 .collect();
             v.sort();

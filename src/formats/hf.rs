@@ -235,6 +235,15 @@ impl ConfigJson {
     }
 }
 
+/// The file names in `dir`, sorted and comma-separated, for errors ("none" if empty/unreadable).
+fn list_dir(dir: &Path) -> String {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    if v.is_empty() { "none".to_string() } else { v.join(", ") }
+}
+
 struct Shard {
     path: PathBuf,
     mmap: Mmap,
@@ -280,11 +289,11 @@ impl SafetensorsWeights {
         } else if single.exists() {
             vec![single]
         } else {
-            let has_bin = dir.join("pytorch_model.bin").exists();
             bail!(
-                "{}: no model.safetensors or model.safetensors.index.json{}",
+                "{}: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or \
+                 pytorch_model.bin.index.json (files there: {})",
                 dir.display(),
-                if has_bin { " (pytorch_model.bin is not supported: convert it to safetensors)" } else { "" }
+                list_dir(dir)
             );
         };
         let mut shards = Vec::new();

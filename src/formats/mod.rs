@@ -4,3 +4,5 @@
 
 pub mod gguf;
 pub mod hf;
+pub mod hub;
+pub mod pth;

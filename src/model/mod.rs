@@ -103,24 +103,37 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a Hugging Face folder (config.json + safetensors) or a GGUF file.
+    /// Loads a Hugging Face folder (config.json + safetensors, or a PyTorch `pytorch_model.bin`
+    /// checkpoint when there are no safetensors; safetensors win when both are present, as in
+    /// transformers) or a GGUF file.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         if path.is_dir() {
             let cfg = ConfigJson::open(&path.join("config.json"))?;
-            let ws = SafetensorsWeights::open(path)?;
+            let has_st = path.join("model.safetensors").exists() || path.join("model.safetensors.index.json").exists();
+            let (st, pt);
+            let (ws, dtypes): (&dyn WeightSource, _) = if !has_st && crate::formats::pth::present(path) {
+                pt = crate::formats::pth::PthWeights::open(path)?;
+                (&pt, pt.dtype_summary())
+            } else {
+                st = SafetensorsWeights::open(path)?;
+                (&st, st.dtype_summary())
+            };
             let model_type = cfg.str("model_type")?.to_string();
             let mut model = match model_type.as_str() {
-                "opt" => opt::from_hf(&cfg, &ws, device),
-                "gpt2" => gpt2::from_hf(&cfg, &ws, device),
-                "gpt_neox" => neox::from_hf(&cfg, &ws, device),
-                "llama" | "mistral" | "qwen2" => llama::from_hf(&cfg, &ws, device),
+                "opt" => opt::from_hf(&cfg, ws, device),
+                "gpt2" => gpt2::from_hf(&cfg, ws, device),
+                "gpt_neox" => neox::from_hf(&cfg, ws, device),
+                "llama" | "mistral" | "qwen2" => llama::from_hf(&cfg, ws, device),
                 other => bail!(
                     "{}: unsupported model_type `{other}` (supported: opt, gpt2, gpt_neox, llama, mistral, qwen2)",
                     cfg.path.display()
                 ),
             }
             .with_context(|| format!("loading {}", path.display()))?;
-            model.info.weight_dtypes = ws.dtype_summary();
+            model.info.weight_dtypes = dtypes;
+            if !has_st && crate::formats::pth::present(path) {
+                model.info.format = "hf-pytorch-bin".to_string();
+            }
             Ok(model)
         } else if path.is_file() {
             let gguf = GgufFile::open(path)?;
