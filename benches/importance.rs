@@ -1,8 +1,8 @@
 //! Importance throughput (forward + activation-only backward to every head and FFN gate):
 //! headroom beside PyTorch doing the same computation with frozen weights
-//! (tools/bench_torch.py --mode importance, the method of ../shared/bench/
-//! torch_importance_baseline.py), batch 4 x 256, f32, LM loss over every position (as that
-//! baseline), plus the peak memory of the pass on the default model.
+//! (tools/bench_torch.py --mode importance: gates on every head and FFN output, weights
+//! frozen), batch 4 x 256, f32, LM loss over every position (as that baseline), plus the peak
+//! memory of the pass on the default model.
 //! Env: HEADROOM_BENCH_ITERS (2), HEADROOM_BENCH_BATCH (4), HEADROOM_BENCH_SEQ (256).
 
 mod common;

@@ -1,6 +1,6 @@
 //! headroom: which attention heads and FFN blocks does in-context learning need?
 //!
-//! Library layout (see ../shared/design.md):
+//! Library layout (see docs/design.md):
 //! - [`formats`]: file formats (GGUF reader/writer, HF safetensors folders).
 //! - [`tokenizer`]: tokenizers from tokenizer.json, vocab.json + merges.txt, or GGUF metadata.
 //! - [`model`]: one shared set of transformer blocks, one file per model family, masks.
@@ -17,6 +17,7 @@
 //! - [`tasks`]: the paper's tasks and user TOML tasks, splits, k-shot prompts, importance prompts.
 //! - [`report`]: one self-contained HTML page from a run folder.
 //! - [`eval`]: few-shot scoring (shared-prefix tree batches) and metrics.
+//! - [`lmeval`]: lm-evaluation-harness 0.4 `results_*.json` / `samples_*.jsonl` from eval output.
 //!
 //! Every stage is a function over plain data; the binary in `src/main.rs` is a thin CLI.
 
@@ -26,6 +27,7 @@ pub mod eval;
 pub mod formats;
 pub mod importance;
 pub mod io;
+pub mod lmeval;
 pub mod induction;
 pub mod model;
 pub mod plots;

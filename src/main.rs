@@ -14,6 +14,12 @@ struct Cli {
     /// Where to compute: `cpu`, or `cuda` / `cuda:N` when built with `--features cuda`.
     #[arg(long, global = true, default_value = "cpu", env = "HEADROOM_DEVICE")]
     device: String,
+    /// More detail on stderr (the data files each task read, with their sha256).
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Errors and warnings only: no progress bars or lines.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,6 +74,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    headroom::progress::set_verbosity(match (cli.quiet, cli.verbose) {
+        (true, _) => headroom::progress::Verbosity::Quiet,
+        (false, true) => headroom::progress::Verbosity::Verbose,
+        (false, false) => headroom::progress::Verbosity::Normal,
+    });
     let dev = cli::device(&cli.device)?;
     match cli.command {
         Command::Compare(a) => cli::compare::run(a),

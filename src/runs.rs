@@ -1,4 +1,4 @@
-//! Run folders (design.md "Run folders, resumability, scale").
+//! Run folders (docs/design.md, "Run folders, units, resumability").
 //!
 //! A run writes into one folder: `manifest.json` (model and its sha256, data versions, seeds,
 //! tool version, options) and one result file per unit of work under `units/<kind>/<key>.json`,

@@ -167,6 +167,7 @@ fn fake_copa() -> tasks::Task {
             pool_fraction: None,
             pool_indices: vec![],
             notes: vec![],
+            files: vec![],
         },
         lm_eval04_double_space: true,
     }
@@ -300,12 +301,7 @@ fn toml_task_runs_and_masks_keep_the_prompts() {
 
 #[test]
 fn docs_example_task_loads() {
-    let cache = std::env::var_os("HEADROOM_CACHE").map(PathBuf::from).or_else(|| dirs::cache_dir().map(|d| d.join("headroom"))).unwrap();
-    let data = cache.join("data");
-    if !data.join("olmo/hf_datasets/glue/sst2").exists() {
-        eprintln!("SKIPPED: task data not fetched");
-        return;
-    }
+    let Some(data) = common::task_data() else { return };
     let t = tasks::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/sst2.toml").to_str().unwrap(), &LoadOptions::new(data)).unwrap();
     assert_eq!(t.eval.len() + t.pool.len(), 872);
     assert!(t.eval.iter().chain(&t.pool).any(|i| i.query == "it 's a charming and often affecting journey . \nQuestion: Is this sentence positive or negative?\nAnswer:"));
@@ -317,15 +313,7 @@ fn docs_example_task_loads() {
 
 fn real() -> Option<(Model, Tokenizer, PathBuf)> {
     let p = common::default_model()?;
-    let cache = p.parent()?.parent()?.to_path_buf();
-    let data = cache.join("data");
-    if !data.join("olmo/hf_datasets/super_glue/copa").exists() {
-        if std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!("task data missing and HEADROOM_REQUIRE_ASSETS=1: run `headroom fetch --data`");
-        }
-        eprintln!("SKIPPED: task data not fetched; run `headroom fetch --data`");
-        return None;
-    }
+    let data = common::task_data()?;
     Some((Model::load(&p, &Device::Cpu).unwrap(), Tokenizer::for_model(&p).unwrap(), data))
 }
 

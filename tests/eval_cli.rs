@@ -103,7 +103,8 @@ fn empty_choices() {
 fn continuation_that_tokenizes_to_nothing() {
     let toml = TOML.replace(r#"choices = [" {a}", " {b}"]"#, r#"choices = ["{a}", "{b}"]"#);
     let data = GOOD.replace(r#""four", "a": "x", "b": "y""#, r#""four", "a": "x", "b": """#);
-    expect_error(&toml, &data, &["data.jsonl:4", "tokenizes to no tokens"]);
+    // An empty option is now caught when the record is read, before tokenization.
+    expect_error(&toml, &data, &["data.jsonl:4", "answer option 1", "is empty"]);
 }
 
 #[test]
@@ -164,4 +165,93 @@ fn prompts_export_and_tasks_listing() {
     for t in ["copa", "cb", "rte", "boolq", "arc_easy", "arc_challenge", "openbookqa", "hellaswag", "piqa", "winogrande", "lambada", "wic", "wsc", "multirc", "record", "mathqa"] {
         assert!(names.contains(&t), "{t} listed");
     }
+}
+
+// ---- issue 14, defect 3: every user-task field is validated, with file, record and field ----
+
+const LABELED: &str = r#"name = "t"
+metric = "acc"
+[data]
+eval = "data.jsonl"
+[prompt]
+query = "{text}\nAnswer:"
+choices = [" no", " yes"]
+gold = "label"
+gold_labels = ["neg", "pos"]
+"#;
+
+const LABELED_DATA: &str = r#"{"text": "one", "label": "pos", "opts": ["x", "y"]}
+{"text": "two", "label": "neg", "opts": ["x", "y"]}
+{"text": "three", "label": "neg", "opts": ["x", "y"]}
+{"text": "four", "label": "pos", "opts": ["x", "y"]}
+"#;
+
+#[test]
+fn gold_label_not_among_the_options_is_an_error_not_a_panic() {
+    // The issue's case: gold_labels names a third label, the record's options are two. The old
+    // code indexed the options with it and panicked (index out of bounds).
+    let toml = LABELED
+        .replace(r#"choices = [" no", " yes"]"#, r#"choices_field = "opts""#)
+        .replace(r#"gold_labels = ["neg", "pos"]"#, r#"gold_labels = ["neg", "pos", "unsure"]"#);
+    let data = LABELED_DATA.replace(r#""three", "label": "neg""#, r#""three", "label": "unsure""#);
+    expect_error(&toml, &data, &["data.jsonl:3", "`label`", "\"unsure\"", "only 2 answer options", "task.toml"]);
+    // A label listed nowhere.
+    let data = LABELED_DATA.replace(r#""two", "label": "neg""#, r#""two", "label": "meh""#);
+    expect_error(LABELED, &data, &["data.jsonl:2", "`label`", "not one of gold_labels"]);
+}
+
+#[test]
+fn gold_labels_and_choices_counts_must_agree() {
+    let toml = LABELED.replace(r#"gold_labels = ["neg", "pos"]"#, r#"gold_labels = ["neg", "pos", "unsure"]"#);
+    expect_error(&toml, LABELED_DATA, &["task.toml:9", "`gold_labels` has 3 entries but `choices` has 2"]);
+    let toml = LABELED.replace(r#"gold_labels = ["neg", "pos"]"#, r#"gold_labels = ["neg", "neg"]"#);
+    expect_error(&toml, LABELED_DATA, &["task.toml:9", "gold_labels[0]", "gold_labels[1]"]);
+}
+
+#[test]
+fn empty_or_duplicate_options() {
+    let toml = TOML.replace(r#"choices = [" {a}", " {b}"]"#, r#"choices = [" {a}", " "]"#);
+    expect_error(&toml, GOOD, &["task.toml:7", "`choices[1]` is empty"]);
+    let toml = TOML.replace(r#"choices = [" {a}", " {b}"]"#, r#"choices = [" {a}", " {a}"]"#);
+    expect_error(&toml, GOOD, &["task.toml:7", "`choices[0]` and `choices[1]`"]);
+    // Rendered options that coincide in one record.
+    let data = GOOD.replace(r#""three", "a": "x", "b": "y""#, r#""three", "a": "x", "b": "x""#);
+    expect_error(TOML, &data, &["data.jsonl:3", "answer options 0 and 1", "both \" x\""]);
+    let toml = TOML.replace(r#"choices = [" {a}", " {b}"]"#, r#"choices_field = "opts""#);
+    let data = r#"{"text": "one", "opts": ["x", "y"], "label": 0}
+{"text": "two", "opts": ["x", ""], "label": 0}
+"#;
+    expect_error(&toml, data, &["data.jsonl:2", "answer option 1", "`opts`", "empty"]);
+}
+
+#[test]
+fn templates_and_types() {
+    let toml = TOML.replace(r#"choices = [" {a}", " {b}"]"#, r#"choices = [" {a", " {b}"]"#);
+    expect_error(&toml, GOOD, &["task.toml:7", "template `choices[0]`", "unclosed"]);
+    let toml = TOML.replace("gold = \"label\"\n", "gold = \"label\"\nimportance_target = \"{a}}\"\n");
+    expect_error(&toml, GOOD, &["task.toml:9", "template `importance_target`", "unmatched"]);
+    // A placeholder naming a field the record lacks.
+    let toml = TOML.replace(r#"choices = [" {a}", " {b}"]"#, r#"choices = [" {a}", " {c}"]"#);
+    expect_error(&toml, GOOD, &["data.jsonl:1", "missing field `c`"]);
+    // A boolean gold label is not an index (true would silently pick option 1).
+    let data = GOOD.replace(r#""four", "a": "x", "b": "y", "label": 0"#, r#""four", "a": "x", "b": "y", "label": true"#);
+    expect_error(TOML, &data, &["data.jsonl:4", "`label`", "boolean"]);
+    let data = GOOD.replace(r#""four", "a": "x", "b": "y", "label": 0"#, r#""four", "a": "x", "b": "y", "label": 0.5"#);
+    expect_error(TOML, &data, &["data.jsonl:4", "`label`", "integer"]);
+    let data = GOOD.replace(r#""four", "a": "x", "b": "y", "label": 0"#, r#""four", "a": "x", "b": "y", "label": -1"#);
+    expect_error(TOML, &data, &["data.jsonl:4", "out of range"]);
+}
+
+#[test]
+fn fields_that_would_be_ignored_are_refused() {
+    let toml = TOML.replace("gold = \"label\"\n", "gold = \"label\"\nchoice_prefix = \"\"\n");
+    expect_error(&toml, GOOD, &["task.toml:9", "`choice_prefix` applies to `choices_field` only"]);
+    let toml = TOML.replace("gold = \"label\"\n", "gold = \"label\"\ngroup = \"{text}\"\n");
+    expect_error(&toml, GOOD, &["task.toml:9", "`group` is used by metric acc_all only"]);
+    let toml = TOML.replace("gold = \"label\"\n", "gold = \"label\"\nanswers_field = \"a\"\n");
+    expect_error(&toml, GOOD, &["task.toml:9", "`answers_field` is used by metric em only"]);
+    let toml = TOML.replace("gold = \"label\"\n", "gold = \"\"\n");
+    expect_error(&toml, GOOD, &["task.toml:8", "`gold` is empty"]);
+    let toml = TOML.replace("name = \"t\"", "name = \"\"");
+    expect_error(&toml, GOOD, &["task.toml:1", "`name` is empty"]);
 }

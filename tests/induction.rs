@@ -115,6 +115,7 @@ fn constructed_model() -> Model {
         sliding_window: None,
         bos_token_id: Some(BOS),
         eos_token_id: None,
+        config_notes: Vec::new(),
     };
     Model { info, embed, blocks: vec![l0, l1], head, device: Device::Cpu }
 }

@@ -1,6 +1,6 @@
 //! End-to-end behaviour of the runtime on the real default model (SmolLM2-135M-Instruct, GGUF
 //! Q4_1), after `headroom fetch`. Reference behaviour comes from an independent NumPy forward
-//! pass of the dequantized weights (../shared/assets.md).
+//! pass of the dequantized weights (docs/assets.md, "Reference behaviour").
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! references, and (when Debian's `chromium` is installed) a headless load with a screenshot and
 //! no console errors. Set HEADROOM_REPORT_DIR to keep the run folder and screenshot.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -204,15 +206,8 @@ fn cli_prints_the_path() {
     assert!(!o.status.success());
 }
 
-fn chromium_bin() -> Option<&'static Path> {
-    let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(Path::new).find(|p| p.exists());
-    if bin.is_none() {
-        if std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!("chromium not found (/usr/bin/chromium) and HEADROOM_REQUIRE_ASSETS=1");
-        }
-        eprintln!("SKIPPED: headless Chromium check (no /usr/bin/chromium; apt-get install -y chromium)");
-    }
-    bin
+fn chromium_bin() -> Option<PathBuf> {
+    common::chromium()
 }
 
 /// Loads `page` in headless Chromium with a screenshot to `shot`; returns the console-error
@@ -247,7 +242,7 @@ fn load(bin: &Path, page: &Path, shot: &Path) -> (Vec<String>, Vec<u8>) {
 fn chromium(page: &Path, dir: &Path) {
     let Some(bin) = chromium_bin() else { return };
     let shot = dir.join("report-screenshot.png");
-    let (console, png) = load(bin, page, &shot);
+    let (console, png) = load(&bin, page, &shot);
     assert!(console.is_empty(), "console errors:\n{}", console.join("\n"));
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
@@ -264,7 +259,7 @@ fn chromium_check_catches_console_errors() {
     let t = tempfile::tempdir().unwrap();
     let page = t.path().join("bad.html");
     std::fs::write(&page, "<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); throw new Error('bad')</script></body></html>").unwrap();
-    let (console, _) = load(bin, &page, &t.path().join("bad.png"));
+    let (console, _) = load(&bin, &page, &t.path().join("bad.png"));
     assert!(console.iter().any(|l| l.contains("Uncaught")), "{console:?}");
     assert!(console.iter().any(|l| l.contains("boom")), "{console:?}");
 }

@@ -3,6 +3,8 @@
 //! are checked on hand-made documents in both the raw Hugging Face form and (for pools) OLMo's
 //! processed form; the user-supplied tasks are read through the loader from fixture files.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,6 +36,7 @@ fn one_one(name: &str, query: Item, demo: Item) -> Task {
             pool_fraction: None,
             pool_indices: vec![],
             notes: vec![],
+            files: vec![],
         },
         lm_eval04_double_space: false,
     }
@@ -356,17 +359,5 @@ fn fetched_documents_render() {
 }
 
 fn common_data() -> Option<PathBuf> {
-    let cache = std::env::var_os("HEADROOM_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("headroom")))?;
-    let p = cache.join("data/olmo/hf_datasets/super_glue/copa/validation/data-00000-of-00001.arrow");
-    if p.exists() {
-        Some(cache.join("data"))
-    } else {
-        if std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!("{} missing and HEADROOM_REQUIRE_ASSETS=1: run `headroom fetch --data`", p.display());
-        }
-        eprintln!("SKIPPED: task data not fetched ({}); run `headroom fetch --data`", p.display());
-        None
-    }
+    common::task_data()
 }

@@ -1,6 +1,8 @@
 //! Tokenizers: a small byte-level BPE built in a GGUF by the writer, the other constructors, and
 //! parity with the real GPT-2 / GPT-NeoX / SmolLM2 tokenizers (from the asset cache + golden ids).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use headroom::formats::gguf::{GgufFile, GgufWriter};
@@ -304,39 +306,9 @@ fn vocab_merges_and_tokenizer_json_constructors() {
 // ---------------------------------------------------------------------------------------------
 // real tokenizers (asset cache) and golden ids (tests/golden/tokenizers)
 
-fn cache_dir() -> PathBuf {
-    match std::env::var_os("HEADROOM_CACHE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => dirs::cache_dir()
-            .unwrap_or_else(|| PathBuf::from(".cache"))
-            .join("headroom"),
-    }
-}
-
-fn require_assets() -> bool {
-    std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1")
-}
-
-fn skip(msg: String) {
-    if require_assets() {
-        panic!("{msg}");
-    }
-    eprintln!("{msg}");
-}
-
-/// All paths under the cache, or None (after printing SKIPPED) when one is missing.
+/// All paths under the cache, or None when one is missing and HEADROOM_SKIP_ASSET_TESTS=1.
 fn assets(rels: &[&str]) -> Option<Vec<PathBuf>> {
-    let ps: Vec<PathBuf> = rels.iter().map(|r| cache_dir().join(r)).collect();
-    for p in &ps {
-        if !p.is_file() {
-            skip(format!(
-                "SKIPPED: {} is missing; run `headroom fetch` / tools/fetch-test-assets.sh",
-                p.display()
-            ));
-            return None;
-        }
-    }
-    Some(ps)
+    rels.iter().map(|r| common::cached_asset(r)).collect()
 }
 
 /// Golden texts and reference ids, if the golden file exists.
@@ -344,13 +316,8 @@ fn golden(name: &str) -> Option<(Vec<String>, Vec<Vec<u32>>)> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden/tokenizers")
         .join(format!("{name}.json"));
-    if !p.is_file() {
-        skip(format!(
-            "SKIPPED: {} is missing (written by the golden generator)",
-            p.display()
-        ));
-        return None;
-    }
+    // Committed golden files are never optional.
+    assert!(p.is_file(), "{} is missing (written by tools/make_golden.py, committed)", p.display());
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     let texts: Vec<String> = serde_json::from_value(v["texts"].clone()).expect("golden texts");
     let ids: Vec<Vec<u32>> = serde_json::from_value(v["ids"].clone()).expect("golden ids");

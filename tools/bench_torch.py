@@ -5,7 +5,8 @@ Times transformers at the same shapes as the Rust bench, frozen weights, f32, an
 JSON line {"seconds_per_iter": ...}. Modes:
   forward     logits for a batch (torch.no_grad)
   importance  forward + backward to the per-head outputs and FFN outputs only (weights frozen,
-              requires_grad only on the gates), as ../shared/bench/torch_importance_baseline.py
+              requires_grad only on the gates: a gate on every head output and every FFN
+              output, LM loss over every position, one backward; see docs/design.md)
 Models: opt-125m (random weights of OPT-125m's shape) or gguf (a GGUF file via transformers'
 GGUF loader, which dequantizes to f32).
 """
@@ -79,8 +80,8 @@ def main():
             with torch.no_grad():
                 model(input_ids=ids).logits
         elif a.mode == "importance":
-            # The method of ../shared/bench/torch_importance_baseline.py: frozen weights, gates on
-            # every head output and FFN output, LM loss over the sequence, one backward.
+            # The PyTorch importance baseline: frozen weights, gates on every head output and
+            # FFN output, LM loss over the sequence, one backward.
             head_gate.grad = None
             ffn_gate.grad = None
             model(input_ids=ids, labels=ids).loss.backward()

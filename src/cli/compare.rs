@@ -20,7 +20,8 @@ pub struct CompareArgs {
     /// importance.json files (or folders holding one), two or more.
     #[arg(long, num_args = 1.., required = true)]
     scores: Vec<PathBuf>,
-    /// One label per score file, comma-separated (default: each file's folder name). Write
+    /// One label per score file, comma-separated (default: `TASK@K` from the file's `task` and
+    /// `shots` fields or its `T.Kshot.json` name, else its folder's or file's name). Write
     /// `TASK@K` (e.g. `copa@0,copa@1,piqa@0,piqa@1`) to also get the cross-shot table (Table 1).
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
@@ -79,19 +80,37 @@ fn load(path: &Path, label: Option<&String>) -> Result<Input> {
         .and_then(Value::as_str)
         .map(|s| Path::new(s.trim_end_matches('/')).file_name().map_or(s.to_string(), |n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
-    let normalize = v
-        .pointer("/options/normalize")
-        .and_then(|n| serde_json::from_value(n.clone()).ok())
-        .unwrap_or(Normalize::Authors);
+    // `headroom importance` writes the options under `options`; `prune`'s importance units carry
+    // `normalize` at the top level. Both are read: a silent fallback would compare the wrong scores.
+    let normalize = match v.pointer("/options/normalize").or_else(|| v.get("normalize")) {
+        None => Normalize::Authors,
+        Some(n) => serde_json::from_value(n.clone())
+            .with_context(|| format!("{}: unknown `normalize` value {n}", file.display()))?,
+    };
     let label = match label {
         Some(l) => l.clone(),
-        None => file
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| file.display().to_string()),
+        None => default_label(&v, &file),
     };
     Ok(Input { label, path: file, scores, n_layers: heads.len(), n_heads, model, normalize })
+}
+
+/// A score file's label when `--labels` is not given: `TASK@K` from the file's own `task` and
+/// `shots` fields (prune's `importance/T.Kshot.json`), else from a `T.Kshot.json` file name, else the
+/// folder of an `importance.json` (`headroom importance --out DIR`), else the file name.
+fn default_label(v: &Value, file: &Path) -> String {
+    if let (Some(t), Some(k)) = (v.get("task").and_then(Value::as_str), v.get("shots").and_then(Value::as_u64)) {
+        return format!("{t}@{k}");
+    }
+    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Some((t, k)) = stem.rsplit_once('.').and_then(|(t, k)| Some((t, k.strip_suffix("shot")?.parse::<usize>().ok()?))) {
+        return format!("{t}@{k}");
+    }
+    if stem == "importance" {
+        if let Some(dir) = file.parent().and_then(|p| p.file_name()) {
+            return dir.to_string_lossy().into_owned();
+        }
+    }
+    stem
 }
 
 /// `TASK@K` -> (TASK, K).

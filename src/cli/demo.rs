@@ -32,8 +32,9 @@ pub struct DemoArgs {
     /// The run folder [default: headroom-demo (or headroom-demo-tiny) in the current folder].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Tasks, comma-separated [default: copa,winogrande,arc_easy,piqa; tiny: copa,winogrande].
-    #[arg(long, value_delimiter = ',')]
+    /// Tasks, comma-separated [default: copa,winogrande,arc_easy,piqa; tiny: copa,winogrande]
+    /// (`--task` is an alias).
+    #[arg(long, alias = "task", value_delimiter = ',')]
     tasks: Vec<String>,
     /// Evaluation documents per task and shot count [default: 40; tiny: 8].
     #[arg(long)]
@@ -210,7 +211,7 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
         "induction-ablate",
         &[
             ("induction", path_arg(&ind_json)),
-            ("task", plan.tasks.join(",")),
+            ("tasks", plan.tasks.join(",")),
             ("shots", "0".into()),
             ("ks", plan.ablate_ks.into()),
             ("random-sets", plan.random_sets.to_string()),

@@ -6,20 +6,25 @@ use candle_core::Device;
 use clap::Args;
 use headroom::io::write_atomic;
 use headroom::eval::{evaluate, EvalConfig, ScoreOptions, Tokenization};
-use headroom::tasks::{self, LoadOptions, SplitChoice};
+use headroom::tasks::{self, LoadOptions, SplitChoice, Task};
 use headroom::tokenizer::Tokenizer;
 
-/// Where task data comes from and how it is split (shared by `eval` and `prompts`).
+/// Where task data comes from and how it is split (shared by every command that takes tasks).
 #[derive(Args, Clone)]
 pub struct TaskSource {
-    /// Data for tasks without fetched data (wic, wsc, multirc, record, mathqa) or to replace a
-    /// task's evaluation data: a .jsonl/.jsonl.gz/.arrow file (the evaluation split) or a folder
-    /// with `{train,validation,test}.jsonl[.gz]` / `.arrow` files or `save_to_disk` split folders.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// A training split file (demonstration / importance pool), overriding the task's.
-    #[arg(long)]
-    pub train: Option<PathBuf>,
+    /// A task's data, `TASK=PATH` (repeat the flag for several tasks; a bare PATH when the run has
+    /// exactly one task). Needed by tasks without fetched data (wic, wsc, multirc, record,
+    /// mathqa); for any other task it replaces the fetched evaluation split. PATH is a
+    /// .jsonl/.jsonl.gz/.arrow file (the evaluation split) or a folder with
+    /// `{train,validation,test}.jsonl[.gz]` / `.arrow` files or `save_to_disk` split folders (its
+    /// `train` split, if any, becomes the pool).
+    #[arg(long = "data", value_name = "[TASK=]PATH")]
+    pub data: Vec<String>,
+    /// A task's training split (demonstration / importance pool), `TASK=PATH` or a bare PATH
+    /// with one task: a file, or a folder with a `train` split. Overrides the `--data` folder's
+    /// train split and the fetched pool.
+    #[arg(long = "train", value_name = "[TASK=]PATH")]
+    pub train: Vec<String>,
     /// `auto` (train split if any, else a seeded holdout split of validation), `holdout`, or
     /// `leave-one-out` (evaluate every document; demonstrations from the others).
     #[arg(long, default_value = "auto")]
@@ -32,17 +37,117 @@ pub struct TaskSource {
     pub split_seed: u64,
 }
 
+/// The names a `TASK=` key may use for a task given as `spec`: the spec itself (`wic`,
+/// `tasks/sst2.toml`) and, for a task file, its file stem (`sst2`).
+fn task_keys(spec: &str) -> Vec<String> {
+    let mut keys = vec![spec.to_string()];
+    if spec.ends_with(".toml") {
+        if let Some(stem) = std::path::Path::new(spec).file_stem().and_then(|s| s.to_str()) {
+            keys.push(stem.to_string());
+        }
+    }
+    keys
+}
+
+/// Assigns each `--data` / `--train` value to one task of the run. `TASK=PATH` names its task;
+/// a value that exists as a path, or has no `=`, is a bare PATH (allowed with one task only).
+pub fn per_task_paths(flag: &str, values: &[String], tasks: &[String]) -> Result<Vec<Option<PathBuf>>> {
+    let mut out: Vec<Option<PathBuf>> = vec![None; tasks.len()];
+    for v in values {
+        let keyed = match v.split_once('=') {
+            Some((k, p)) if !k.is_empty() && !std::path::Path::new(v).exists() => Some((k, p)),
+            _ => None,
+        };
+        let (i, path) = match keyed {
+            Some((k, p)) => {
+                let i = tasks.iter().position(|t| task_keys(t).iter().any(|key| key == k)).ok_or_else(|| {
+                    anyhow::anyhow!("{flag} {v}: task `{k}` is not in this run (tasks: {})", tasks.join(", "))
+                })?;
+                if p.is_empty() {
+                    bail!("{flag} {v}: empty path after `{k}=`");
+                }
+                (i, PathBuf::from(p))
+            }
+            None => {
+                if tasks.len() != 1 {
+                    bail!(
+                        "{flag} {v}: a bare path needs exactly one task, this run has {} ({}); write {flag} TASK=PATH for each task",
+                        tasks.len(),
+                        tasks.join(", ")
+                    );
+                }
+                (0, PathBuf::from(v))
+            }
+        };
+        if let Some(prev) = &out[i] {
+            bail!("{flag} is given twice for task `{}` ({} and {})", tasks[i], prev.display(), path.display());
+        }
+        out[i] = Some(path);
+    }
+    Ok(out)
+}
+
 impl TaskSource {
-    pub fn options(&self, need_pool: bool) -> Result<LoadOptions> {
+    /// Checks every `--data` / `--train` value against the run's tasks (call before loading a
+    /// model, so a typo fails fast).
+    pub fn check(&self, tasks: &[String]) -> Result<()> {
+        per_task_paths("--data", &self.data, tasks)?;
+        per_task_paths("--train", &self.train, tasks)?;
+        Ok(())
+    }
+
+    /// Load options for task `i` of `tasks`.
+    pub fn options(&self, tasks: &[String], i: usize, need_pool: bool) -> Result<LoadOptions> {
         let cache = headroom::assets::cache_dir()?;
         let mut o = LoadOptions::new(headroom::assets::data_dir(&cache));
-        o.data = self.data.clone();
-        o.train = self.train.clone();
+        o.data = per_task_paths("--data", &self.data, tasks)?.swap_remove(i);
+        o.train = per_task_paths("--train", &self.train, tasks)?.swap_remove(i);
         o.split = self.split;
         o.pool_fraction = self.pool_fraction;
         o.split_seed = self.split_seed;
         o.need_pool = need_pool;
         Ok(o)
+    }
+
+    /// Loads task `i` of `tasks` and says on stderr where its documents and pool come from.
+    pub fn load(&self, tasks: &[String], i: usize, need_pool: bool) -> Result<Task> {
+        let t0 = std::time::Instant::now();
+        let task = tasks::load(&tasks[i], &self.options(tasks, i, need_pool)?)?;
+        if headroom::progress::verbosity() == headroom::progress::Verbosity::Quiet {
+            return Ok(task);
+        }
+        eprintln!(
+            "{}: {} eval docs from {}; pool {} from {} [{:.1}s]",
+            task.name,
+            task.split.eval_docs,
+            task.split.eval_source,
+            task.split.pool_docs,
+            task.split.pool_source,
+            t0.elapsed().as_secs_f64()
+        );
+        if headroom::progress::verbosity() == headroom::progress::Verbosity::Verbose {
+            for f in &task.split.files {
+                eprintln!("  {} {} ({}, {}): {} sha256 {}", task.name, f.role, f.split, f.given_by, f.path, f.sha256);
+            }
+        }
+        Ok(task)
+    }
+
+    /// `{task: path}` of the `--data` and `--train` values, for manifests.
+    pub fn manifest(&self, tasks: &[String]) -> Result<serde_json::Value> {
+        let d = per_task_paths("--data", &self.data, tasks)?;
+        let t = per_task_paths("--train", &self.train, tasks)?;
+        let mut data = serde_json::Map::new();
+        let mut train = serde_json::Map::new();
+        for (i, name) in tasks.iter().enumerate() {
+            if let Some(p) = &d[i] {
+                data.insert(name.clone(), serde_json::json!(p));
+            }
+            if let Some(p) = &t[i] {
+                train.insert(name.clone(), serde_json::json!(p));
+            }
+        }
+        Ok(serde_json::json!({"data": data, "train": train}))
     }
 }
 
@@ -52,8 +157,9 @@ pub struct EvalArgs {
     /// the local Hugging Face cache (see docs/models.md), or `default`.
     #[arg(long, default_value = "default")]
     model: String,
-    /// Task names (see `headroom tasks`) or .toml task files, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Task names (see `headroom tasks`) or .toml task files, comma-separated (`--task` is an
+    /// alias).
+    #[arg(long = "tasks", alias = "task", value_delimiter = ',', required = true)]
     task: Vec<String>,
     /// Shot counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,5")]
@@ -86,35 +192,36 @@ pub struct EvalArgs {
     max_length: Option<usize>,
     #[command(flatten)]
     source: TaskSource,
-    /// Output folder: `<task>.<k>shot.json` (summary) and `<task>.<k>shot.examples.jsonl`.
+    /// Output folder: `<task>.<k>shot.json` (summary), `<task>.<k>shot.examples.jsonl`, and
+    /// lm-evaluation-harness 0.4's files under `lm-eval/<k>shot/` (`results_<date>.json`,
+    /// `samples_<task>_<date>.jsonl`).
     #[arg(long)]
     out: PathBuf,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
 }
 
 pub fn run(args: EvalArgs, dev: &Device) -> Result<()> {
     if args.shots.is_empty() {
         bail!("--shots is empty");
     }
+    args.source.check(&args.task)?;
     let (path, model) = super::load_model(&args.model, dev)?;
     let tok = Tokenizer::for_model(&path)?;
     let mask = super::load_mask(args.mask.as_ref(), &model)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let need_pool = args.shots.iter().any(|&k| k > 0);
-    for name in &args.task {
-        let t0 = std::time::Instant::now();
-        let task = tasks::load(name, &args.source.options(need_pool)?)?;
-        eprintln!(
-            "{}: {} eval docs ({}), pool {} ({}) [{:.1}s]",
-            task.name,
-            task.split.eval_docs,
-            task.split.eval_source,
-            task.split.pool_docs,
-            task.split.pool_source,
-            t0.elapsed().as_secs_f64()
-        );
+    // lm-eval 0.4 files: one `results_<date_id>.json` per shot count (an lm-eval invocation has
+    // one num_fewshot) under <out>/lm-eval/<k>shot/, rewritten after each task.
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let start_time = now();
+    let date_id = headroom::lmeval::date_id(start_time);
+    let mut model_args = format!("pretrained={}", path.display());
+    if let Some(m) = &args.mask {
+        model_args.push_str(&format!(",mask={}", m.display()));
+    }
+    let mut done: Vec<(Task, Vec<headroom::eval::EvalSummary>)> = Vec::new();
+    for i in 0..args.task.len() {
+        let task = args.source.load(&args.task, i, need_pool)?;
+        let mut summaries = Vec::new();
         for &k in &args.shots {
             let cfg = EvalConfig {
                 shots: k,
@@ -125,7 +232,7 @@ pub fn run(args: EvalArgs, dev: &Device) -> Result<()> {
                 max_length: args.max_length,
             };
             let n = args.limit.map_or(task.eval.len(), |l| l.min(task.eval.len()));
-            let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { headroom::progress::bar(n, &format!("{} {k}-shot", task.name)) };
+            let bar = headroom::progress::bar(n, &format!("eval {} {k}-shot", task.name));
             let out = evaluate(&model, &tok, &task, &cfg, mask.as_ref(), &mut |d| bar.inc(d as u64))?;
             bar.finish_and_clear();
             let s = &out.summary;
@@ -149,10 +256,45 @@ pub fn run(args: EvalArgs, dev: &Device) -> Result<()> {
                 lines.write_all(b"\n")?;
             }
             write_atomic(&args.out.join(format!("{stem}.examples.jsonl")), &lines)?;
+            // The prompts as scored (same documents, demonstrations and COPA double space).
+            let docs = headroom::eval::selected_docs(&task, &cfg);
+            let mut prompts = headroom::tasks::prompt::build_prompts(&task, &docs, k, cfg.seed)?;
+            if cfg.tokenization == Tokenization::LmEval04 && task.lm_eval04_double_space {
+                for p in &mut prompts {
+                    for r in &mut p.requests {
+                        r.1 = format!(" {}", r.1);
+                    }
+                }
+            }
+            let lm_dir = args.out.join("lm-eval").join(format!("{k}shot"));
+            std::fs::create_dir_all(&lm_dir).with_context(|| format!("cannot create {}", lm_dir.display()))?;
+            let samples = headroom::lmeval::samples_jsonl(&task, &out, &prompts)?;
+            write_atomic(&lm_dir.join(format!("samples_{}_{date_id}.jsonl", task.name)), samples.as_bytes())?;
             println!(
                 "{} {k}-shot: {} = {:.4} ± {:.4} (n={}) | {:.1} ex/s | FLOPs {:.3}x naive, tokens {:.3}x | truncated {} options",
                 task.name, s.metric, s.value, s.stderr, s.n, s.examples_per_s, s.flop_ratio, s.token_ratio, s.truncated_options
             );
+            summaries.push(out.summary);
+        }
+        // Keep what results.json needs (name, metric, split, document count), not the pool.
+        let mut kept = task;
+        kept.pool = Vec::new();
+        done.push((kept, summaries));
+        for (j, &k) in args.shots.iter().enumerate() {
+            let entries: Vec<(&Task, &headroom::eval::EvalSummary)> = done.iter().map(|(t, s)| (t, &s[j])).collect();
+            let run = headroom::lmeval::RunConfig {
+                model_path: path.display().to_string(),
+                model_args: model_args.clone(),
+                batch_size: args.batch_size,
+                device: if dev.is_cpu() { "cpu".into() } else { "cuda".into() },
+                limit: args.limit,
+                seed: args.seed,
+                start_time,
+                end_time: now(),
+            };
+            let results = headroom::lmeval::results_json(&entries, &run);
+            let lm_dir = args.out.join("lm-eval").join(format!("{k}shot"));
+            write_atomic(&lm_dir.join(format!("results_{date_id}.json")), serde_json::to_string_pretty(&results)?.as_bytes())?;
         }
     }
     Ok(())

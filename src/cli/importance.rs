@@ -7,7 +7,6 @@ use clap::Args;
 use headroom::importance::{self, AbsMode, ImportanceOptions, Normalize, Prompt};
 use headroom::io::{read_jsonl, write_atomic, write_json};
 use headroom::tokenizer::Tokenizer;
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
 pub struct ImportanceArgs {
@@ -62,9 +61,7 @@ pub fn run(args: ImportanceArgs, dev: &Device) -> Result<()> {
     }
     let mask = super::load_mask(args.mask.as_ref(), &model)?;
     let total_tokens: u64 = tokenized.iter().map(|p| p.len() as u64).sum();
-    let bar = ProgressBar::new(tokenized.len() as u64).with_style(
-        ProgressStyle::with_template("importance {bar:40} {pos}/{len} examples [{elapsed_precise}<{eta_precise}] {msg}")?,
-    );
+    let bar = headroom::progress::bar(tokenized.len(), "importance");
     let start = Instant::now();
     if args.per_example && args.abs_mode == AbsMode::PerBatch {
         bail!("--per-example needs --abs-mode per-token or per-example (per-batch sums are not per example)");

@@ -9,7 +9,6 @@ use clap::Args;
 use headroom::eval::{evaluate_prepared, prepare, selected_docs, EvalConfig, ScoreOptions};
 use headroom::induction::ablation::{rank_induction_heads, run_ablation, AblationPlan, Target};
 use headroom::io::{write_atomic, write_json};
-use headroom::tasks;
 use headroom::tokenizer::Tokenizer;
 
 use super::eval::TaskSource;
@@ -30,8 +29,8 @@ pub struct InductionAblateArgs {
     /// The `induction.json` written by `headroom induction` for this model.
     #[arg(long)]
     induction: PathBuf,
-    /// Tasks, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Tasks, comma-separated (`--task` is an alias).
+    #[arg(long = "tasks", alias = "task", value_delimiter = ',', required = true)]
     task: Vec<String>,
     /// Shot count.
     #[arg(long, default_value_t = 0)]
@@ -73,6 +72,7 @@ pub fn run(args: InductionAblateArgs, dev: &Device) -> Result<()> {
         Rank::Copying => Target::Copying,
         Rank::Both => Target::Both,
     };
+    args.source.check(&args.task)?;
     let (path, model) = super::load_model(&args.model, dev)?;
     let tok = Tokenizer::for_model(&path)?;
     let (l_n, h_n) = (model.n_layers(), model.n_heads());
@@ -80,8 +80,8 @@ pub fn run(args: InductionAblateArgs, dev: &Device) -> Result<()> {
     let plan = AblationPlan { ks: args.ks.clone(), random_sets: args.random_sets, seed: args.seed };
     let mut results = Vec::new();
     let mut csv = String::from("task,shots,target,k,kind,set,value\n");
-    for name in &args.task {
-        let task = tasks::load(name, &args.source.options(args.shots > 0)?)?;
+    for i in 0..args.task.len() {
+        let task = args.source.load(&args.task, i, args.shots > 0)?;
         let cfg = EvalConfig {
             shots: args.shots,
             limit: args.limit,
@@ -114,7 +114,7 @@ pub fn run(args: InductionAblateArgs, dev: &Device) -> Result<()> {
                 p.k, p.top_accuracy, p.random.mean, p.random.std, p.random.min, p.random.max
             );
         }
-        results.push(serde_json::json!({"task": task.name, "shots": args.shots, "metric": metric, "n": docs.len(), "result": res}));
+        results.push(serde_json::json!({"task": task.name, "split": task.split, "shots": args.shots, "metric": metric, "n": docs.len(), "result": res}));
     }
     write_json(&args.out.join("ablation.json"), &serde_json::json!({"induction": args.induction, "target": format!("{target:?}"), "results": results}))?;
     write_atomic(&args.out.join("ablation.csv"), csv.as_bytes())?;

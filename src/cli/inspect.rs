@@ -24,6 +24,14 @@ pub fn run(args: InspectArgs, dev: &Device) -> Result<()> {
         format!("{:?}, {} dims, theta {}", r.style, r.rotary_dim, r.theta)
     });
     let dtypes = info.weight_dtypes.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", ");
+    // Per layer when the layers differ (Qwen2's max_window_layers / layer_types).
+    let per_layer: Vec<Option<usize>> = m.blocks.iter().map(|b| b.attn.sliding_window).collect();
+    let show = |w: &Option<usize>| w.map_or("none".to_string(), |w| w.to_string());
+    let windows = if per_layer.windows(2).all(|p| p[0] == p[1]) {
+        per_layer.first().map_or("none".into(), show)
+    } else {
+        format!("per layer [{}]", per_layer.iter().map(show).collect::<Vec<_>>().join(", "))
+    };
     let rows: Vec<(&str, String)> = vec![
         ("source", info.source.clone()),
         ("format", info.format.clone()),
@@ -43,12 +51,16 @@ pub fn run(args: InspectArgs, dev: &Device) -> Result<()> {
         ("residual", format!("{:?}", info.residual)),
         ("rope", rope),
         ("tied embeddings", info.tied_embeddings.to_string()),
-        ("sliding window", info.sliding_window.map_or("none".into(), |w| w.to_string())),
+        ("sliding window", windows),
         ("weight dtypes", dtypes),
         ("compute dtype", info.compute_dtype.clone()),
     ];
     for (k, v) in rows {
         println!("{k:>16}  {v}");
+    }
+    // Defaults assumed for missing fields and fields nobody read (see docs/model-config.md).
+    for n in &info.config_notes {
+        println!("{:>16}  {n}", "config note");
     }
     Ok(())
 }

@@ -2,12 +2,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use headroom::tasks::{self, prompt};
+use headroom::tasks::prompt;
 
 #[derive(Args)]
 pub struct PromptsArgs {
-    /// A task name (see `headroom tasks`) or a .toml task file.
-    #[arg(long)]
+    /// A task name (see `headroom tasks`) or a .toml task file (`--task` is an alias).
+    #[arg(long = "tasks", alias = "task")]
     task: String,
     /// Demonstrations per prompt.
     #[arg(long, default_value_t = 0)]
@@ -33,7 +33,9 @@ pub struct PromptsArgs {
 }
 
 pub fn run(args: PromptsArgs) -> Result<()> {
-    let task = tasks::load(&args.task, &args.source.options(true)?)?;
+    let names = std::slice::from_ref(&args.task);
+    args.source.check(names)?;
+    let task = args.source.load(names, 0, true)?;
     let pairs = prompt::importance_prompts(
         &task,
         &prompt::ImportanceOptions {

@@ -11,7 +11,7 @@ use clap::Args;
 use headroom::prune::experiment::{self, PruneConfig, Stage};
 use headroom::prune::RankingSource;
 use headroom::runs::{Manifest, ModelId, RunFolder, Shard};
-use headroom::tasks::{self, Task};
+use headroom::tasks::Task;
 use headroom::tokenizer::Tokenizer;
 use serde_json::json;
 
@@ -23,8 +23,8 @@ pub struct PruneArgs {
     /// the local Hugging Face cache (see docs/models.md), or `default`.
     #[arg(long, default_value = "default")]
     model: String,
-    /// Tasks (see `headroom tasks`), comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Tasks (see `headroom tasks`), comma-separated (`--task` is an alias).
+    #[arg(long, alias = "task", value_delimiter = ',', required = true)]
     tasks: Vec<String>,
     /// Shot counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
@@ -107,9 +107,13 @@ pub fn run(args: PruneArgs, dev: &Device) -> Result<()> {
         bail!("task {t} is in both --tasks and --ood-tasks; list it once (--ood-tasks adds tasks to the run)");
     }
     cfg.validate()?;
+    let all_tasks: Vec<String> = args.tasks.iter().chain(&args.ood_tasks).cloned().collect();
+    args.source.check(&all_tasks)?;
     let shard = Shard::from_flag_or_env(args.shard.as_deref())?;
     let (path, model) = super::load_model(&args.model, dev)?;
     let tok = Tokenizer::for_model(&path)?;
+    // Importance always needs the demonstration pool.
+    let task_list: Vec<Task> = (0..all_tasks.len()).map(|i| args.source.load(&all_tasks, i, true)).collect::<Result<_>>()?;
     let cache = headroom::assets::cache_dir()?;
     let mut options = cfg.manifest_options(&args.tasks);
     if let Some(o) = options.as_object_mut() {
@@ -117,8 +121,14 @@ pub fn run(args: PruneArgs, dev: &Device) -> Result<()> {
         o.insert("split".into(), json!(format!("{:?}", args.source.split)));
         o.insert("pool_fraction".into(), json!(args.source.pool_fraction));
         o.insert("split_seed".into(), json!(args.source.split_seed));
-        o.insert("data".into(), json!(args.source.data));
-        o.insert("train".into(), json!(args.source.train));
+        let given = args.source.manifest(&all_tasks)?;
+        o.insert("data".into(), given["data"].clone());
+        o.insert("train".into(), given["train"].clone());
+        // Every data file each task read, with its sha256: a resumed or merged run whose data
+        // changed is refused like one whose options changed.
+        let files: serde_json::Map<String, serde_json::Value> =
+            task_list.iter().map(|t| (t.name.clone(), json!(t.split.files))).collect();
+        o.insert("task_files".into(), json!(files));
     }
     let manifest = Manifest {
         tool: concat!("headroom ", env!("CARGO_PKG_VERSION")).into(),
@@ -128,8 +138,6 @@ pub fn run(args: PruneArgs, dev: &Device) -> Result<()> {
     };
     let folder = RunFolder::open(&args.out, manifest)?;
     eprintln!("run folder {} (shard {}/{})", args.out.display(), shard.index, shard.count);
-    // Importance always needs the demonstration pool.
-    let task_list: Vec<Task> = args.tasks.iter().chain(&args.ood_tasks).map(|name| tasks::load(name, &args.source.options(true)?)).collect::<Result<_>>()?;
 
     let out = experiment::run(&model, &tok, &task_list, &cfg, &folder, shard)?;
     match out.stopped_at {

@@ -3,7 +3,8 @@
 //! on load. Headers are validated by the safetensors crate (offsets contiguous, sizes matching
 //! the file) before any tensor is read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -17,11 +18,56 @@ use serde_json::Value;
 use crate::model::weights::WeightSource;
 
 /// A parsed `config.json` with typed accessors whose errors name the file and the field.
+///
+/// Every top-level field a loader looks at is recorded, so that [`ConfigJson::finish`] can name
+/// the fields nobody read (a field headroom does not know may change the model's numbers), and
+/// defaults assumed for missing number-changing fields are collected as notes (also printed to
+/// stderr) instead of being applied silently.
 #[derive(Clone, Debug)]
 pub struct ConfigJson {
     pub path: PathBuf,
     pub value: Value,
+    read: RefCell<BTreeSet<String>>,
+    notes: RefCell<Vec<String>>,
 }
+
+/// Top-level fields that never change a causal LM's forward pass in eval mode: bookkeeping,
+/// training-only settings (dropout, init), generation defaults, heads other than the LM head.
+const NEVER_NUMBER_CHANGING: &[&str] = &[
+    "_name_or_path", "architectures", "dtype", "torch_dtype", "transformers_version", "model_type",
+    "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id",
+    "initializer_range", "init_std", "attention_dropout", "hidden_dropout", "classifier_dropout", "dropout",
+    "activation_dropout", "layerdrop", "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_activation",
+    "summary_first_dropout", "summary_proj_to_labels", "summary_type", "summary_use_proj", "is_decoder",
+    "is_encoder_decoder", "add_cross_attention", "task_specific_params", "id2label", "label2id", "num_labels",
+    "problem_type", "finetuning_task", "tokenizer_class", "prefix", "output_attentions", "output_hidden_states",
+    "return_dict", "use_return_dict", "torchscript", "use_bfloat16", "pruned_heads", "chunk_size_feed_forward",
+    "tie_encoder_decoder", "gradient_checkpointing", "keys_to_ignore_at_inference", "tf_legacy_loss",
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
+    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
+    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "cross_attention_hidden_size",
+    // Splits matmuls into slices during pretraining (Llama v4): the same function, other rounding.
+    "pretraining_tp",
+    // GPT-2: upcasts attention to f32 (headroom computes in f32 anyway).
+    "reorder_and_upcast_attn",
+    // Old GPT-2 configs: the context length, always equal to n_positions.
+    "n_ctx",
+];
+
+/// Fields that change the numbers in ways headroom does not implement: refused outright.
+const REFUSED: &[(&str, &str)] = &[
+    ("quantization_config", "quantized checkpoints (bitsandbytes, GPTQ, AWQ ...) are not supported; use the unquantized weights or a GGUF file"),
+    ("attn_logit_softcapping", "attention logit soft-capping is not implemented"),
+    ("final_logit_softcapping", "final logit soft-capping is not implemented"),
+    ("logits_scaling", "logit scaling is not implemented"),
+    ("embedding_multiplier", "embedding multipliers are not implemented"),
+    ("residual_multiplier", "residual multipliers are not implemented"),
+    ("attention_multiplier", "attention multipliers are not implemented"),
+    ("use_qk_norm", "q/k normalisation is not implemented"),
+    ("qk_layernorm", "q/k normalisation is not implemented"),
+];
 
 impl ConfigJson {
     pub fn open(path: &Path) -> Result<Self> {
@@ -32,16 +78,98 @@ impl ConfigJson {
         if !value.is_object() {
             bail!("{}: expected a JSON object at the top level", path.display());
         }
-        Ok(Self { path: path.to_path_buf(), value })
+        Ok(Self::from_value(value, &path.display().to_string()))
     }
 
     /// A config given in memory (benchmarks, tests); `label` stands in for the path in errors.
     pub fn from_value(value: Value, label: &str) -> Self {
-        Self { path: PathBuf::from(label), value }
+        Self { path: PathBuf::from(label), value, read: RefCell::default(), notes: RefCell::default() }
     }
 
+    /// The field's value (null counts as absent), recorded as read.
     fn get(&self, key: &str) -> Option<&Value> {
+        self.read.borrow_mut().insert(key.to_string());
         self.value.get(key).filter(|v| !v.is_null())
+    }
+
+    /// Whether the field is in the file at all (also when null), recorded as read.
+    pub fn present(&self, key: &str) -> bool {
+        self.read.borrow_mut().insert(key.to_string());
+        self.value.get(key).is_some()
+    }
+
+    /// Marks fields as read without using them (their meaning is covered elsewhere).
+    pub fn mark_read(&self, keys: &[&str]) {
+        let mut r = self.read.borrow_mut();
+        for k in keys {
+            r.insert((*k).to_string());
+        }
+    }
+
+    /// A loud note: printed to stderr now, and kept for `ModelInfo::config_notes`.
+    pub fn note(&self, msg: impl std::fmt::Display) {
+        let line = format!("{}: {msg}", self.path.display());
+        eprintln!("note: {line}");
+        self.notes.borrow_mut().push(line);
+    }
+
+    /// Notes so far.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.borrow().clone()
+    }
+
+    /// A number-changing field that is missing: the default `value` is used, with a note.
+    pub fn f64_or_noted(&self, key: &str, default: f64, whose: &str) -> Result<f64> {
+        match self.opt_f64(key)? {
+            Some(x) => Ok(x),
+            None => {
+                self.note(format!("field `{key}` is missing; using {whose} default {default:e}"));
+                Ok(default)
+            }
+        }
+    }
+
+    /// A string field that changes the numbers: missing means `default`, with a note.
+    pub fn str_or_noted<'a>(&'a self, key: &str, default: &'a str, whose: &str) -> Result<&'a str> {
+        match self.opt_str(key)? {
+            Some(x) => Ok(x),
+            None => {
+                self.note(format!("field `{key}` is missing; using {whose} default `{default}`"));
+                Ok(default)
+            }
+        }
+    }
+
+    /// After a loader is done: refuses fields known to change the numbers in ways headroom does
+    /// not implement, and notes every other field that no loader read and that is not known to be
+    /// harmless (`also_harmless`: the family's own such fields). Returns the notes of this load.
+    pub fn finish(&self, family: &str, also_harmless: &[&str]) -> Result<Vec<String>> {
+        for (key, why) in REFUSED {
+            if let Some(v) = self.value.get(*key).filter(|v| !v.is_null() && **v != Value::Bool(false)) {
+                bail!("{}: field `{key}` = {v}: {why}", self.path.display());
+            }
+        }
+        let read = self.read.borrow().clone();
+        let obj = self.value.as_object().expect("checked at open");
+        let unknown: Vec<String> = obj
+            .iter()
+            .filter(|(k, v)| {
+                !v.is_null()
+                    && !read.contains(*k)
+                    && !NEVER_NUMBER_CHANGING.contains(&k.as_str())
+                    && !also_harmless.contains(&k.as_str())
+            })
+            .map(|(k, v)| format!("`{k}` = {v}"))
+            .collect();
+        if !unknown.is_empty() {
+            self.note(format!(
+                "{} not read by headroom's {family} loader; if {} the model's numbers, headroom's results will differ \
+                 from transformers'",
+                unknown.join(", "),
+                if unknown.len() == 1 { "it changes" } else { "one changes" }
+            ));
+        }
+        Ok(self.notes())
     }
 
     fn wrong(&self, key: &str, expected: &str) -> anyhow::Error {
@@ -50,6 +178,11 @@ impl ConfigJson {
 
     pub fn has(&self, key: &str) -> bool {
         self.get(key).is_some()
+    }
+
+    /// A non-null value of any type (for fields with several allowed shapes).
+    pub fn raw(&self, key: &str) -> Option<&Value> {
+        self.get(key)
     }
 
     /// A required non-negative integer.
@@ -92,6 +225,13 @@ impl ConfigJson {
     }
     pub fn object(&self, key: &str) -> Option<&serde_json::Map<String, Value>> {
         self.get(key).and_then(|v| v.as_object())
+    }
+    /// An optional object; any other non-null value is an error naming the field.
+    pub fn opt_object(&self, key: &str) -> Result<Option<&serde_json::Map<String, Value>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_object().map(Some).ok_or_else(|| self.wrong(key, "an object")),
+        }
     }
 }
 

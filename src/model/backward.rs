@@ -1,5 +1,5 @@
 //! Activation-only backward: gradients of the loss with respect to activations and gates, never
-//! with respect to a weight (design.md "Gradients for importance").
+//! with respect to a weight (docs/design.md, "The activation-only backward").
 //!
 //! Why by hand: candle's fused ops record no backward (gradients silently dropped) and its matmul
 //! backward always builds weight gradients: a third more FLOPs and a second copy of the model.

@@ -21,8 +21,8 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
     let vocab = cfg.usize("vocab_size")?;
     let max_pos = cfg.usize("n_positions")?;
     let inner = cfg.opt_usize("n_inner")?.unwrap_or(4 * d);
-    let eps = cfg.f64_or("layer_norm_epsilon", 1e-5)?;
-    let act = Activation::from_hf(cfg.opt_str("activation_function")?.unwrap_or("gelu_new"))?;
+    let eps = cfg.f64_or_noted("layer_norm_epsilon", 1e-5, "GPT2Config's")?;
+    let act = Activation::from_hf(cfg.str_or_noted("activation_function", "gelu_new", "GPT2Config's")?)?;
     let scale_weights = cfg.bool_or("scale_attn_weights", true)?;
     let scale_by_layer = cfg.bool_or("scale_attn_by_inverse_layer_idx", false)?;
     check_heads(&cfg.path.display().to_string(), d, n_heads, n_heads)?;
@@ -72,13 +72,17 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
             residual: Residual::PreNorm,
         });
     }
+    // GPT2LMHeadModel's lm_head [vocab, D] shares wte unless tie_word_embeddings is false, in
+    // which case the checkpoint's own `lm_head.weight` is the unembedding.
+    let tied = super::llama::tie_word_embeddings(cfg, ws, "lm_head.weight", true)?;
+    let unembed = if tied { tokens.clone() } else { ld.tensor("lm_head.weight", &[vocab, d])? };
     let head = LmHead {
         final_norm: Some(ld.norm(&format!("{p}ln_f"), NormKind::LayerNorm, d, eps, true)?),
         project_out: None,
-        unembed: tokens.clone(),
-        tied: true,
+        unembed,
+        tied,
     };
-    Model::assemble(
+    let mut model = Model::assemble(
         Parts {
             family: Family::Gpt2,
             architecture: "gpt2".into(),
@@ -92,5 +96,7 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
             eos_token_id: cfg.opt_usize("eos_token_id")?.map(|x| x as u32),
         },
         device,
-    )
+    )?;
+    model.info.config_notes = cfg.finish("gpt2", &[])?;
+    Ok(model)
 }

@@ -9,11 +9,11 @@
 //! - Grouped-query attention: H query heads share KV = num_key_value_heads key/value heads.
 //! - Mistral's sliding window (and Qwen2's when `use_sliding_window`) limits keys to i - j < w.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
 
 use super::blocks::{Activation, Attention, Block, Embeddings, Linear, LmHead, Mlp, Norm, NormKind, Residual, Rope, RopeStyle};
-use super::{check_heads, Family, Loader, Model, Parts};
+use super::{check_heads, rope_config, Family, Loader, Model, Parts};
 use crate::formats::gguf::GgufFile;
 use crate::formats::hf::ConfigJson;
 use crate::model::weights::WeightSource;
@@ -21,57 +21,6 @@ use crate::model::weights::WeightSource;
 /// Rotary tables are precomputed up to this many positions (2 x 32k x hd/2 floats); longer
 /// inputs are an error rather than a silent wrap.
 pub const MAX_ROPE_TABLE: usize = 32768;
-
-/// The inverse frequencies after `rope_scaling` (none, "default", "linear", "llama3").
-fn scaled_inv_freq(cfg: &ConfigJson, theta: f64, rotary_dim: usize) -> Result<Vec<f32>> {
-    let mut inv = Rope::default_inv_freq(theta, rotary_dim);
-    let Some(scaling) = cfg.object("rope_scaling") else { return Ok(inv) };
-    let kind = scaling
-        .get("rope_type")
-        .or_else(|| scaling.get("type"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("default");
-    let num = |k: &str| -> Result<f64> {
-        scaling
-            .get(k)
-            .and_then(|v| v.as_f64())
-            .with_context(|| format!("{}: rope_scaling.{k} should be a number", cfg.path.display()))
-    };
-    match kind {
-        "default" => {}
-        "linear" => {
-            let factor = num("factor")? as f32;
-            inv.iter_mut().for_each(|f| *f /= factor);
-        }
-        "llama3" => {
-            // transformers' _compute_llama3_parameters.
-            let factor = num("factor")?;
-            let low = num("low_freq_factor")?;
-            let high = num("high_freq_factor")?;
-            let old_ctx = num("original_max_position_embeddings")?;
-            let low_wavelen = old_ctx / low;
-            let high_wavelen = old_ctx / high;
-            for f in inv.iter_mut() {
-                let freq = *f as f64;
-                let wavelen = 2.0 * std::f64::consts::PI / freq;
-                let new = if wavelen < high_wavelen {
-                    freq
-                } else if wavelen > low_wavelen {
-                    freq / factor
-                } else {
-                    let smooth = (old_ctx / wavelen - low) / (high - low);
-                    (1.0 - smooth) * freq / factor + smooth * freq
-                };
-                *f = new as f32;
-            }
-        }
-        other => bail!(
-            "{}: rope_scaling type `{other}` is not supported (supported: default, linear, llama3)",
-            cfg.path.display()
-        ),
-    }
-    Ok(inv)
-}
 
 /// Per-layer tensor names, which differ between HF and GGUF.
 struct Names {
@@ -132,7 +81,8 @@ struct Arch {
     theta: f64,
     inv_freq: Vec<f32>,
     max_pos: usize,
-    window: Option<usize>,
+    /// Sliding window of each layer (`[n_layers]`; None = full causal attention).
+    windows: Vec<Option<usize>>,
     tied: bool,
     /// From config.json (GGUF: read off the embedding's shape).
     vocab: Option<usize>,
@@ -174,7 +124,7 @@ fn build(a: Arch, ws: &dyn WeightSource, names: &Names, device: &Device) -> Resu
                 head_dim: a.hd,
                 scale: (a.hd as f64).powf(-0.5),
                 rope: Some(rope.clone()),
-                sliding_window: a.window,
+                sliding_window: a.windows[l],
             },
             ffn_norm: rms((names.layer)(l, "ffn_norm"))?,
             mlp: Mlp::Gated {
@@ -217,55 +167,73 @@ fn build(a: Arch, ws: &dyn WeightSource, names: &Names, device: &Device) -> Resu
     )
 }
 
+/// Fields of Llama / Mistral / Qwen2 configs that do not change the forward pass and that no
+/// code below reads (on top of `hf::NEVER_NUMBER_CHANGING`).
+const LLAMA_HARMLESS: &[&str] = &["max_position_embeddings"];
+
 pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Result<Model> {
+    let path = cfg.path.display().to_string();
     let model_type = cfg.str("model_type")?.to_string();
     let d = cfg.usize("hidden_size")?;
+    let n_layers = cfg.usize("num_hidden_layers")?;
     let n_heads = cfg.usize("num_attention_heads")?;
     let n_kv = cfg.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
     let hd = match cfg.opt_usize("head_dim")? {
         Some(hd) => hd,
         None => {
-            check_heads(&cfg.path.display().to_string(), d, n_heads, n_kv)?;
+            check_heads(&path, d, n_heads, n_kv)?;
             d / n_heads
         }
     };
-    if n_kv == 0 || n_heads % n_kv != 0 {
-        bail!("{}: num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}", cfg.path.display());
+    if n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
+        bail!("{path}: num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}");
     }
-    let theta = cfg.f64_or("rope_theta", 10000.0)?;
-    let rotary_dim = match cfg.opt_f64("partial_rotary_factor")? {
-        Some(f) => (hd as f64 * f) as usize,
-        None => hd,
+    let rope = rope_config::read(cfg, &[], &[])?;
+    // transformers' Llama/Mistral/Qwen2 rotate the whole head for rope_type default (they ignore
+    // partial_rotary_factor there) but shorten the table for linear/llama3, which then fails to
+    // broadcast: no consistent meaning to copy, so anything but 1 is refused.
+    if let Some(p) = rope.partial_rotary_factor.filter(|p| *p != 1.0) {
+        bail!("{path}: partial_rotary_factor {p} is not supported for {model_type} (transformers rotates the whole head)");
+    }
+    let max_pos = cfg.usize_or("max_position_embeddings", 2048)?;
+    let windows = sliding_windows(cfg, &model_type, n_layers)?;
+    // Biases as transformers builds them: Llama q/k/v/o from `attention_bias` and the MLP from
+    // `mlp_bias`; Qwen2 always q/k/v (never o, never MLP); Mistral none. Absent flags mean the
+    // original architecture (no bias), as in the config classes.
+    let (qkv_bias, o_bias, mlp_bias) = match model_type.as_str() {
+        "llama" => {
+            let attn = cfg.bool_or("attention_bias", false)?;
+            (attn, attn, cfg.bool_or("mlp_bias", false)?)
+        }
+        "qwen2" => (true, false, false),
+        _ => (false, false, false),
     };
-    let window = match model_type.as_str() {
-        "mistral" => cfg.opt_usize("sliding_window")?,
-        "qwen2" if cfg.bool_or("use_sliding_window", false)? => cfg.opt_usize("sliding_window")?,
-        _ => None,
-    };
-    let qwen = model_type == "qwen2";
-    let attention_bias = cfg.bool_or("attention_bias", false)?;
+    let act = cfg.str_or_noted("hidden_act", "silu", "transformers'")?.to_string();
+    // LlamaConfig, MistralConfig and Qwen2Config all default to 1e-6.
+    let eps = cfg.f64_or_noted("rms_norm_eps", 1e-6, &format!("{model_type}'s"))?;
+    let tied = tie_word_embeddings(cfg, ws, "lm_head.weight", false)?;
     let arch = Arch {
         d,
-        n_layers: cfg.usize("num_hidden_layers")?,
+        n_layers,
         n_heads,
         n_kv,
         hd,
         ffn: cfg.usize("intermediate_size")?,
-        eps: cfg.f64_or("rms_norm_eps", 1e-6)?,
-        qkv_bias: qwen || attention_bias,
-        o_bias: attention_bias && !qwen,
-        mlp_bias: cfg.bool_or("mlp_bias", false)?,
-        act: Activation::from_hf(cfg.opt_str("hidden_act")?.unwrap_or("silu"))?,
+        eps,
+        qkv_bias,
+        o_bias,
+        mlp_bias,
+        act: Activation::from_hf(&act)?,
         rope_style: RopeStyle::RotateHalf,
-        theta,
-        inv_freq: scaled_inv_freq(cfg, theta, rotary_dim)?,
-        max_pos: cfg.usize_or("max_position_embeddings", 2048)?,
-        window,
-        tied: cfg.bool_or("tie_word_embeddings", false)?,
+        theta: rope.theta,
+        inv_freq: rope.inv_freq(hd),
+        max_pos,
+        windows,
+        tied,
         vocab: cfg.opt_usize("vocab_size")?,
         bos: cfg.opt_usize("bos_token_id")?.map(|x| x as u32),
         eos: cfg.opt_usize("eos_token_id")?.map(|x| x as u32),
-        architecture: model_type,
+        architecture: model_type.clone(),
         format: "hf",
     };
     let names = Names {
@@ -274,7 +242,115 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
         lm_head: "lm_head.weight".into(),
         layer: hf_layer,
     };
-    build(arch, ws, &names, device)
+    let mut model = build(arch, ws, &names, device)?;
+    model.info.config_notes = cfg.finish(&model_type, LLAMA_HARMLESS)?;
+    Ok(model)
+}
+
+/// Whether the unembedding is the token embedding, as transformers 5 loads it: a checkpoint that
+/// carries its own unembedding tensor (`lm_head`) uses it, whatever `tie_word_embeddings` says
+/// (transformers 5 ties only when the tensor is missing; a note says so when the config claims
+/// tied); without it, `tie_word_embeddings` (absent: the family default `default`) decides, and
+/// untied without the tensor is an error (raised where the head is loaded).
+pub(crate) fn tie_word_embeddings(cfg: &ConfigJson, ws: &dyn WeightSource, lm_head: &str, default: bool) -> Result<bool> {
+    let given = cfg.has("tie_word_embeddings");
+    let tie = cfg.bool_or("tie_word_embeddings", default)?;
+    if !ws.contains(lm_head) {
+        return Ok(tie);
+    }
+    if tie {
+        cfg.note(format!(
+            "tie_word_embeddings is {} but the checkpoint has its own `{lm_head}`; using that tensor as the \
+             unembedding, as transformers 5 does",
+            if given { "true".to_string() } else { format!("missing (default {default})") }
+        ));
+    }
+    Ok(false)
+}
+
+/// `sliding_window`: null means none; absent means the config class default 4096 (noted).
+fn window_or_default(cfg: &ConfigJson, class: &str) -> Result<Option<usize>> {
+    if cfg.present("sliding_window") {
+        return cfg.opt_usize("sliding_window");
+    }
+    cfg.note(format!("field `sliding_window` is missing; using {class}'s default 4096"));
+    Ok(Some(4096))
+}
+
+/// The sliding window of each layer, as transformers applies it:
+/// - Mistral: `sliding_window` (null = none) in every layer (its config ignores `layer_types`);
+/// - Qwen2: only when `use_sliding_window`, and only in the layers `layer_types` marks
+///   `sliding_attention` (v5), or from `max_window_layers` on (v4: layers i >= max_window_layers);
+///   both given and disagreeing is an error;
+/// - Llama: none.
+fn sliding_windows(cfg: &ConfigJson, model_type: &str, n_layers: usize) -> Result<Vec<Option<usize>>> {
+    let path = cfg.path.display();
+    match model_type {
+        "mistral" => {
+            if cfg.has("layer_types") {
+                cfg.note("field `layer_types` is ignored for mistral, as transformers' MistralConfig ignores it");
+            }
+            Ok(vec![window_or_default(cfg, "MistralConfig")?; n_layers])
+        }
+        "qwen2" => {
+            let use_window = cfg.bool_or("use_sliding_window", false)?;
+            let window = if use_window { window_or_default(cfg, "Qwen2Config")? } else { None };
+            let max_window_layers = cfg.opt_usize("max_window_layers")?;
+            let layer_types: Option<Vec<String>> = match cfg.raw("layer_types") {
+                None => None,
+                Some(v) => {
+                    let list = v.as_array().filter(|a| a.len() == n_layers).ok_or_else(|| {
+                        anyhow::anyhow!("{path}: field `layer_types` should be a list of {n_layers} strings, found {v}")
+                    })?;
+                    let mut out = Vec::with_capacity(n_layers);
+                    for (i, t) in list.iter().enumerate() {
+                        match t.as_str() {
+                            Some(s @ ("full_attention" | "sliding_attention")) => out.push(s.to_string()),
+                            _ => bail!(
+                                "{path}: layer_types[{i}] is {t}; expected \"full_attention\" or \"sliding_attention\""
+                            ),
+                        }
+                    }
+                    Some(out)
+                }
+            };
+            let Some(w) = window else {
+                // transformers sets sliding_window = None unless use_sliding_window: no window;
+                // a layer still marked sliding then has no window to use (transformers raises).
+                cfg.mark_read(&["sliding_window"]);
+                if let Some(i) = layer_types.iter().flatten().position(|t| t == "sliding_attention") {
+                    bail!(
+                        "{path}: layer_types[{i}] is \"sliding_attention\" but there is no sliding window \
+                         (use_sliding_window is {use_window}, sliding_window {})",
+                        cfg.raw("sliding_window").map(|v| v.to_string()).unwrap_or_else(|| "null".into())
+                    );
+                }
+                return Ok(vec![None; n_layers]);
+            };
+            let from_max = max_window_layers.map(|m| {
+                (0..n_layers)
+                    .map(|i| if i >= m { "sliding_attention" } else { "full_attention" }.to_string())
+                    .collect::<Vec<_>>()
+            });
+            let types = match (layer_types, from_max) {
+                (Some(t), Some(m)) if t != m => bail!(
+                    "{path}: `layer_types` {t:?} disagrees with `max_window_layers` {} (which means {m:?})",
+                    max_window_layers.unwrap_or_default()
+                ),
+                (Some(t), _) => t,
+                (None, Some(m)) => m,
+                (None, None) => {
+                    cfg.note(
+                        "use_sliding_window is true but neither `layer_types` nor `max_window_layers` is given; using \
+                         Qwen2Config's default max_window_layers 28",
+                    );
+                    (0..n_layers).map(|i| if i >= 28 { "sliding_attention" } else { "full_attention" }.to_string()).collect()
+                }
+            };
+            Ok(types.iter().map(|t| (t == "sliding_attention").then_some(w)).collect())
+        }
+        _ => Ok(vec![None; n_layers]),
+    }
 }
 
 pub fn from_gguf(g: &GgufFile, device: &Device) -> Result<Model> {
@@ -299,22 +375,34 @@ pub fn from_gguf(g: &GgufFile, device: &Device) -> Result<Model> {
             d / n_heads
         }
     };
-    if n_kv == 0 || n_heads % n_kv != 0 {
+    if n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
         bail!("{origin}: head_count {n_heads} is not a multiple of head_count_kv {n_kv}");
     }
     let rotary_dim = opt_u("rope.dimension_count")?.unwrap_or(hd);
     if rotary_dim > hd {
         bail!("{origin}: rope.dimension_count {rotary_dim} exceeds the head dim {hd}");
     }
-    let theta = if g.get(&key("rope.freq_base")).is_some() { g.get_f32(&key("rope.freq_base"))? as f64 } else { 10000.0 };
+    let mut notes = Vec::new();
+    let mut note = |msg: String| {
+        eprintln!("note: {origin}: {msg}");
+        notes.push(format!("{origin}: {msg}"));
+    };
+    let theta = if g.get(&key("rope.freq_base")).is_some() {
+        g.get_f32(&key("rope.freq_base"))? as f64
+    } else {
+        note(format!("no `{}`; using llama.cpp's default rope theta 10000", key("rope.freq_base")));
+        10000.0
+    };
+    let inv_freq = gguf_inv_freq(g, &key, theta, rotary_dim)?;
     let eps = g.get_f32(&key("attention.layer_norm_rms_epsilon"))? as f64;
     let tok_id = |k: &str| -> Result<Option<u32>> {
         if g.get(k).is_some() { Ok(Some(g.get_u64(k)? as u32)) } else { Ok(None) }
     };
     let qwen = arch_name == "qwen2";
+    let n_layers = g.get_u64(&key("block_count"))? as usize;
     let arch = Arch {
         d,
-        n_layers: g.get_u64(&key("block_count"))? as usize,
+        n_layers,
         n_heads,
         n_kv,
         hd,
@@ -326,9 +414,9 @@ pub fn from_gguf(g: &GgufFile, device: &Device) -> Result<Model> {
         act: Activation::Silu,
         rope_style,
         theta,
-        inv_freq: Rope::default_inv_freq(theta, rotary_dim),
+        inv_freq,
         max_pos: opt_u("context_length")?.unwrap_or(2048),
-        window: opt_u("attention.sliding_window")?,
+        windows: vec![opt_u("attention.sliding_window")?; n_layers],
         tied: false,
         vocab: None,
         bos: tok_id("tokenizer.ggml.bos_token_id")?,
@@ -344,5 +432,50 @@ pub fn from_gguf(g: &GgufFile, device: &Device) -> Result<Model> {
     };
     let mut model = build(arch, g, &names, device)?;
     model.info.weight_dtypes = g.dtype_summary();
+    model.info.config_notes = notes;
     Ok(model)
+}
+
+/// GGUF rope frequencies `[rotary_dim / 2]`: θ from `{arch}.rope.freq_base`, then
+/// `{arch}.rope.scaling.type` ("none" or "linear" with `rope.scaling.factor`; anything else is
+/// refused), then the per-frequency divisors of a `rope_freqs.weight` tensor if present (llama.cpp
+/// stores Llama 3.1's llama3 scaling this way: frequency i is divided by rope_freqs[i]).
+fn gguf_inv_freq(g: &GgufFile, key: &dyn Fn(&str) -> String, theta: f64, rotary_dim: usize) -> Result<Vec<f32>> {
+    let origin = g.origin();
+    let mut inv = Rope::default_inv_freq(theta, rotary_dim);
+    let kind = if g.get(&key("rope.scaling.type")).is_some() { g.get_str(&key("rope.scaling.type"))?.to_string() } else { "none".into() };
+    let factor = if g.get(&key("rope.scaling.factor")).is_some() { Some(g.get_f32(&key("rope.scaling.factor"))? as f64) } else { None };
+    match kind.as_str() {
+        "none" => {
+            if let Some(f) = factor.filter(|f| *f != 0.0 && *f != 1.0) {
+                bail!("{origin}: `{}` is {f} but `{}` is none: unclear scaling, refused", key("rope.scaling.factor"), key("rope.scaling.type"));
+            }
+        }
+        "linear" => {
+            let f = factor.ok_or_else(|| anyhow::anyhow!("{origin}: linear rope scaling without `{}`", key("rope.scaling.factor")))?;
+            if !(f.is_finite() && f > 0.0) {
+                bail!("{origin}: `{}` = {f} should be a positive number", key("rope.scaling.factor"));
+            }
+            inv.iter_mut().for_each(|x| *x /= f as f32);
+        }
+        other => bail!(
+            "{origin}: rope scaling type `{other}` (`{}`) is not supported (supported: none, linear, and llama3 via rope_freqs.weight)",
+            key("rope.scaling.type")
+        ),
+    }
+    let attn_factor = key("rope.scaling.attn_factor");
+    if g.get(&attn_factor).is_some() && g.get_f32(&attn_factor)? != 1.0 {
+        bail!("{origin}: `{attn_factor}` = {} (a YaRN-style rescaling of the rotary tables) is not supported", g.get_f32(&attn_factor)?);
+    }
+    if g.contains("rope_freqs.weight") {
+        let n = inv.len();
+        let ff: Vec<f32> = g.load_f32("rope_freqs.weight", &[n], &Device::Cpu)?.to_vec1()?;
+        for (i, (x, f)) in inv.iter_mut().zip(&ff).enumerate() {
+            if !(f.is_finite() && *f > 0.0) {
+                bail!("{origin}: rope_freqs.weight[{i}] = {f} should be a positive number");
+            }
+            *x /= *f;
+        }
+    }
+    Ok(inv)
 }

@@ -10,6 +10,7 @@ pub mod llama;
 pub mod mask;
 pub mod neox;
 pub mod opt;
+pub mod rope_config;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -66,6 +67,10 @@ pub struct ModelInfo {
     pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// Loud notes from reading the config: defaults assumed for missing number-changing fields,
+    /// fields headroom did not read (also printed to stderr when loading).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub config_notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -285,6 +290,7 @@ impl Model {
             sliding_window: attn.sliding_window,
             bos_token_id: p.bos_token_id,
             eos_token_id: p.eos_token_id,
+            config_notes: Vec::new(),
         };
         if p.embed.vocab_size() != info.vocab_size {
             bail!(

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
 use super::blocks::{Activation, Attention, Block, Embeddings, Linear, LmHead, Mlp, NormKind, Residual, Rope, RopeStyle};
-use super::{check_heads, find_prefix, Family, Loader, Model, Parts};
+use super::{check_heads, find_prefix, rope_config, Family, Loader, Model, Parts};
 use crate::formats::hf::ConfigJson;
 use crate::model::weights::WeightSource;
 
@@ -22,32 +22,37 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
     let ffn = cfg.usize("intermediate_size")?;
     let vocab = cfg.usize("vocab_size")?;
     let max_pos = cfg.usize("max_position_embeddings")?;
-    let eps = cfg.f64_or("layer_norm_eps", 1e-5)?;
-    let act = Activation::from_hf(cfg.opt_str("hidden_act")?.unwrap_or("gelu"))?;
+    let eps = cfg.f64_or_noted("layer_norm_eps", 1e-5, "GPTNeoXConfig's")?;
+    let act = Activation::from_hf(cfg.str_or_noted("hidden_act", "gelu", "GPTNeoXConfig's")?)?;
+    // Absent flags mean the original (Pythia) architecture, as in GPTNeoXConfig.
     let parallel = cfg.bool_or("use_parallel_residual", true)?;
     let bias = cfg.bool_or("attention_bias", true)?;
-    let tied = cfg.bool_or("tie_word_embeddings", false)?;
-    // Newer transformers write `partial_rotary_factor` / `rope_theta`; older `rotary_pct` /
-    // `rotary_emb_base`.
-    let pct = match cfg.opt_f64("rotary_pct")? {
-        Some(x) => x,
-        None => cfg.f64_or("partial_rotary_factor", 0.25)?,
+    let tied = super::llama::tie_word_embeddings(cfg, ws, "embed_out.weight", false)?;
+    // transformers 5 writes `rope_parameters` {rope_theta, partial_rotary_factor}; 4.x wrote
+    // `rope_theta` / `partial_rotary_factor` or (older) `rotary_emb_base` / `rotary_pct`.
+    // Disagreeing spellings are an error (rope_config::read).
+    let rope_cfg = rope_config::read(cfg, &["rotary_emb_base"], &["rotary_pct"])?;
+    let pct = match rope_cfg.partial_rotary_factor {
+        Some(p) => p,
+        None => {
+            cfg.note("no rotary fraction (`rope_parameters.partial_rotary_factor`, `partial_rotary_factor`, `rotary_pct`); using GPTNeoXConfig's default 0.25");
+            0.25
+        }
     };
-    let theta = match cfg.opt_f64("rotary_emb_base")? {
-        Some(x) => x,
-        None => cfg.f64_or("rope_theta", 10000.0)?,
-    };
-    if cfg.object("rope_scaling").is_some() {
-        bail!("{}: rope_scaling is not supported for gpt_neox", cfg.path.display());
-    }
     check_heads(&cfg.path.display().to_string(), d, n_heads, n_heads)?;
     let hd = d / n_heads;
-    let rotary_dim = (hd as f64 * pct) as usize; // transformers: int(head_size * rotary_pct)
+    let rotary_dim = (hd as f64 * pct) as usize; // transformers: int(head_size * partial_rotary_factor)
+    if rotary_dim < 2 || !rotary_dim.is_multiple_of(2) {
+        bail!(
+            "{}: partial rotary factor {pct} of head dim {hd} gives {rotary_dim} rotary dims; expected an even number >= 2",
+            cfg.path.display()
+        );
+    }
     let rope = Rope::new(
         RopeStyle::RotateHalf,
         rotary_dim,
-        theta,
-        &Rope::default_inv_freq(theta, rotary_dim),
+        rope_cfg.theta,
+        &rope_cfg.inv_freq(rotary_dim),
         max_pos.min(super::llama::MAX_ROPE_TABLE),
         device,
     )?;
@@ -98,7 +103,7 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
         unembed,
         tied,
     };
-    Model::assemble(
+    let mut model = Model::assemble(
         Parts {
             family: Family::NeoX,
             architecture: "gpt_neox".into(),
@@ -112,5 +117,7 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
             eos_token_id: cfg.opt_usize("eos_token_id")?.map(|x| x as u32),
         },
         device,
-    )
+    )?;
+    model.info.config_notes = cfg.finish("gpt_neox", &[])?;
+    Ok(model)
 }

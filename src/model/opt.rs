@@ -32,7 +32,7 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
     let remove_final_ln = cfg.bool_or("_remove_final_layer_norm", false)?;
     let bias = cfg.bool_or("enable_bias", true)?;
     let ln_affine = cfg.bool_or("layer_norm_elementwise_affine", true)?;
-    let act = Activation::from_hf(cfg.opt_str("activation_function")?.unwrap_or("relu"))?;
+    let act = Activation::from_hf(cfg.str_or_noted("activation_function", "relu", "OPTConfig's")?)?;
     check_heads(&cfg.path.display().to_string(), d, n_heads, n_heads)?;
     let hd = d / n_heads;
     let eps = 1e-5; // OPT's LayerNorms use torch's default eps.
@@ -90,10 +90,13 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
         });
     }
     let final_norm = if pre_ln && !remove_final_ln { Some(ln(&format!("{p}final_layer_norm"))?) } else { None };
-    // Tied: OPTForCausalLM's lm_head shares embed_tokens (a saved copy, if any, is identical).
-    let head = LmHead { final_norm, project_out, unembed: tokens.clone(), tied: true };
+    // OPTForCausalLM's lm_head [vocab, E] shares embed_tokens unless tie_word_embeddings is
+    // false, in which case the checkpoint's own `lm_head.weight` is the unembedding.
+    let tied = super::llama::tie_word_embeddings(cfg, ws, "lm_head.weight", true)?;
+    let unembed = if tied { tokens.clone() } else { ld.tensor("lm_head.weight", &[vocab, proj])? };
+    let head = LmHead { final_norm, project_out, unembed, tied };
     let embed = Embeddings { tokens, positions: Some((positions, POSITION_OFFSET)), project_in };
-    Model::assemble(
+    let mut model = Model::assemble(
         Parts {
             family: Family::Opt,
             architecture: "opt".into(),
@@ -107,5 +110,7 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
             eos_token_id: cfg.opt_usize("eos_token_id")?.map(|x| x as u32),
         },
         device,
-    )
+    )?;
+    model.info.config_notes = cfg.finish("opt", &[])?;
+    Ok(model)
 }

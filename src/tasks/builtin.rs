@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use regex::Regex;
 
 use super::data::{self, Record};
-use super::{holdout_split, Choice, Item, LoadOptions, Metric, SplitChoice, SplitInfo, SplitMode, Task, TieBreak};
+use super::{holdout_split, Choice, DataFile, Item, LoadOptions, Metric, SplitChoice, SplitInfo, SplitMode, Task, TieBreak};
 
 /// Where a split comes from.
 #[derive(Clone, Copy, Debug)]
@@ -318,56 +318,129 @@ fn describe(files: &[PathBuf]) -> String {
     files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
+/// The split names looked for, in order, when `--data` is a folder: the split the task is
+/// evaluated on (the paper's), then its usual stand-ins.
+pub fn eval_split_names(b: &Builtin) -> &'static [&'static str] {
+    match (b.eval, b.name) {
+        (Source::User(names), _) => names,
+        (_, "arc_easy" | "arc_challenge" | "openbookqa") => &["test", "validation", "val", "dev"],
+        (_, "lambada") => &["test"],
+        _ => &["validation", "val", "dev"],
+    }
+}
+
+/// The split a fetched file holds, from its path (`.../validation/data-...arrow`,
+/// `.../test_rc_5shot/requests.jsonl.gz`); LAMBADA's `bpb_0shot` requests are its test split.
+fn fetched_split_name(rel: &str) -> &'static str {
+    for part in rel.split('/') {
+        for name in ["train", "validation", "test"] {
+            if part == name || part.starts_with(&format!("{name}_")) {
+                return name;
+            }
+        }
+        if part == "val" || part.starts_with("val_") {
+            return "validation";
+        }
+    }
+    "test"
+}
+
+fn data_files(role: &str, split: &str, given_by: &str, files: &[PathBuf]) -> Result<Vec<DataFile>> {
+    files.iter().map(|f| DataFile::new(role, split, given_by, f)).collect()
+}
+
+/// Where the pool comes from, decided before anything is read.
+enum PoolFrom {
+    /// User files (`--train`, or the `train` split of the `--data` folder).
+    User { given_by: &'static str, split: String, files: Vec<PathBuf> },
+    Fetched(Source),
+    Holdout,
+    SameAsEval,
+}
+
 /// Loads a built-in task.
+///
+/// Evaluation documents: `--data` (a file, or the task's evaluation split in a folder) when
+/// given, else the fetched split. Pool: `--train`, else a `train` split in the `--data` folder,
+/// else the task's own pool (fetched train split, a holdout part of the evaluation set, or the
+/// evaluation set itself); `SplitInfo::pool_source` says which, and `SplitInfo::files` lists
+/// every file read with its sha256.
 pub fn load(name: &str, opts: &LoadOptions) -> Result<Task> {
     let b = find(name).ok_or_else(|| {
         let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
         anyhow::anyhow!("unknown task `{name}` (built-in tasks: {}; or give a .toml task file)", names.join(", "))
     })?;
     let mut notes: Vec<String> = b.notes.iter().map(|s| s.to_string()).collect();
+    let mut files: Vec<DataFile> = Vec::new();
 
     // Evaluation documents.
-    let (eval_records, eval_source) = match b.eval {
-        Source::User(names) => {
-            let data = opts.data.as_ref().ok_or_else(|| {
+    let eval_names = eval_split_names(b);
+    let (eval_records, eval_source) = match (&opts.data, b.eval) {
+        (Some(data), _) => {
+            let (split, fs) = user_split_files(data, eval_names)?.ok_or_else(|| {
                 anyhow::anyhow!(
-                    "task `{name}` needs its data: pass --data with the Hugging Face `{}` files (a .jsonl/.jsonl.gz/.arrow file, or a folder with {} splits)",
-                    b.dataset,
-                    names.join("/")
+                    "{}: no {name} evaluation split found (looked for {{{}}}.jsonl[.gz], .json, .arrow, or a save_to_disk folder of that name)",
+                    data.display(),
+                    eval_names.join(",")
                 )
             })?;
-            let (split, files) = user_split_files(data, names)?.ok_or_else(|| {
-                anyhow::anyhow!("{}: no {} split found (looked for {{{}}}.jsonl[.gz], .arrow, or a save_to_disk folder)", data.display(), name, names.join(","))
-            })?;
-            (read_files(&files)?, format!("{} ({split})", describe(&files)))
+            files.extend(data_files("eval", &split, "--data", &fs)?);
+            if !matches!(b.eval, Source::User(_)) {
+                notes.push(format!("--data replaces the fetched evaluation split ({split}: {})", describe(&fs)));
+            }
+            (read_files(&fs)?, format!("--data {} ({split})", describe(&fs)))
         }
-        src => {
+        (None, Source::User(names)) => bail!(
+            "task `{name}` needs its data: pass --data with the Hugging Face `{}` files (a .jsonl/.jsonl.gz/.arrow file, or a folder with {} splits)",
+            b.dataset,
+            names.join("/")
+        ),
+        (None, src) => {
             let p = b.path(&opts.data_dir, src).unwrap_or_default();
-            (read_source(src, &opts.data_dir)?, p.display().to_string())
+            let records = read_source(src, &opts.data_dir)?;
+            let split = match src {
+                Source::Arrow(rel) | Source::Requests(rel) => fetched_split_name(rel),
+                _ => "test",
+            };
+            files.push(DataFile::new("eval", split, "fetched", &p)?);
+            (records, format!("fetched {} ({split})", p.display()))
         }
     };
     let all_eval = render_all(&eval_records, b.render)?;
 
-    // Pool.
-    let pool_src = if opts.train.is_some() { Source::User(&["train"]) } else { b.pool };
-    let mode = match (opts.split, pool_src) {
-        (SplitChoice::Holdout, _) => SplitMode::Holdout,
-        (SplitChoice::LeaveOneOut, _) => SplitMode::LeaveOneOut,
-        (SplitChoice::Auto, Source::Holdout) => SplitMode::Holdout,
-        (SplitChoice::Auto, Source::SameAsEval) => SplitMode::LeaveOneOut,
-        (SplitChoice::Auto, Source::User(_)) => {
-            // A user file without a train split falls back to a holdout split.
-            let has_train = opts.train.is_some()
-                || opts.data.as_ref().is_some_and(|d| d.is_dir() && user_split_files(d, &["train"]).ok().flatten().is_some());
-            if has_train {
-                SplitMode::Train
-            } else {
-                notes.push("no train split supplied: the pool is a seeded holdout part of the evaluation file".into());
-                SplitMode::Holdout
+    // Pool: --train, else the --data folder's train split, else the task's own.
+    let pool_from = if let Some(t) = &opts.train {
+        let (split, fs) = user_split_files(t, &["train"])?
+            .ok_or_else(|| anyhow::anyhow!("{}: no train split found (looked for train.jsonl[.gz], train.json, train.arrow, or a train/ save_to_disk folder)", t.display()))?;
+        PoolFrom::User { given_by: "--train", split, files: fs }
+    } else if let Some((split, fs)) = match &opts.data {
+        Some(d) if d.is_dir() => user_split_files(d, &["train"])?,
+        _ => None,
+    } {
+        PoolFrom::User { given_by: "--data", split, files: fs }
+    } else {
+        match b.pool {
+            src @ (Source::Arrow(_) | Source::Requests(_)) => PoolFrom::Fetched(src),
+            Source::SameAsEval => PoolFrom::SameAsEval,
+            Source::Holdout => PoolFrom::Holdout,
+            Source::User(_) => {
+                if opts.split == SplitChoice::Auto {
+                    notes.push("no train split supplied: the pool is a seeded holdout part of the evaluation file".into());
+                }
+                PoolFrom::Holdout
             }
         }
+    };
+    let mode = match (opts.split, &pool_from) {
+        (SplitChoice::Holdout, _) => SplitMode::Holdout,
+        (SplitChoice::LeaveOneOut, _) => SplitMode::LeaveOneOut,
+        (SplitChoice::Auto, PoolFrom::Holdout) => SplitMode::Holdout,
+        (SplitChoice::Auto, PoolFrom::SameAsEval) => SplitMode::LeaveOneOut,
         (SplitChoice::Auto, _) => SplitMode::Train,
     };
+    if mode != SplitMode::Train && matches!(pool_from, PoolFrom::User { given_by: "--train", .. }) {
+        bail!("--train was given but --split {:?} takes the pool from the evaluation documents; drop one of them", opts.split);
+    }
     let (eval, mut pool, pool_source, pool_indices, fraction) = match mode {
         SplitMode::Holdout => {
             let (pool, eval, idx) = holdout_split(all_eval, opts.pool_fraction, opts.split_seed)?;
@@ -381,20 +454,22 @@ pub fn load(name: &str, opts: &LoadOptions) -> Result<Task> {
             if !opts.need_pool {
                 (all_eval, vec![], "not loaded (0-shot)".to_string(), vec![], None)
             } else {
-                let (records, src) = match (pool_src, &opts.train) {
-                    (_, Some(t)) => {
-                        let files = vec![t.clone()];
-                        (read_files(&files)?, describe(&files))
+                let (records, src) = match pool_from {
+                    PoolFrom::User { given_by, split, files: fs } => {
+                        files.extend(data_files("pool", &split, given_by, &fs)?);
+                        (read_files(&fs)?, format!("{given_by} {} ({split})", describe(&fs)))
                     }
-                    (Source::User(names), None) => {
-                        let data = opts.data.as_ref().context("no --data")?;
-                        let (_, files) = user_split_files(data, names)?.context("no train split")?;
-                        (read_files(&files)?, describe(&files))
-                    }
-                    (src, None) => {
+                    PoolFrom::Fetched(src) => {
                         let p = b.path(&opts.data_dir, src).unwrap_or_default();
-                        (read_source(src, &opts.data_dir)?, p.display().to_string())
+                        let records = read_source(src, &opts.data_dir)?;
+                        let split = match src {
+                            Source::Arrow(rel) | Source::Requests(rel) => fetched_split_name(rel),
+                            _ => "train",
+                        };
+                        files.push(DataFile::new("pool", split, "fetched", &p)?);
+                        (records, format!("fetched {} ({split})", p.display()))
                     }
+                    PoolFrom::Holdout | PoolFrom::SameAsEval => bail!("internal: train mode without a pool source"),
                 };
                 (all_eval, render_all(&records, b.render)?, src, vec![], None)
             }
@@ -413,6 +488,7 @@ pub fn load(name: &str, opts: &LoadOptions) -> Result<Task> {
         pool_fraction: fraction,
         pool_indices,
         notes,
+        files,
     };
     Ok(Task {
         name: b.name.to_string(),

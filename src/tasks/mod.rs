@@ -173,6 +173,34 @@ pub struct SplitInfo {
     pub pool_indices: Vec<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Every data file read for this task (evaluation and pool), with its sha256, so a result
+    /// names exactly the data it was computed on.
+    pub files: Vec<DataFile>,
+}
+
+/// One data file a task read.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct DataFile {
+    /// `eval` (evaluation documents) or `pool` (demonstrations / importance).
+    pub role: String,
+    /// The split it holds (`train`, `validation`, `test`), or `file` for a file given as is.
+    pub split: String,
+    /// Where the path came from: `fetched`, `--data`, `--train`, or `task file`.
+    pub given_by: String,
+    pub path: String,
+    pub sha256: String,
+}
+
+impl DataFile {
+    pub fn new(role: &str, split: &str, given_by: &str, path: &std::path::Path) -> Result<Self> {
+        Ok(Self {
+            role: role.into(),
+            split: split.into(),
+            given_by: given_by.into(),
+            path: path.display().to_string(),
+            sha256: crate::assets::sha256_file(path)?,
+        })
+    }
 }
 
 /// A task ready to build prompts from.
@@ -203,9 +231,11 @@ pub struct LoadOptions {
     /// `<cache>/data` (fetched task data).
     pub data_dir: PathBuf,
     /// User-supplied data: a file (the evaluation split) or a folder with split files or
-    /// `save_to_disk` split folders (`train`, `validation`, `test`).
+    /// `save_to_disk` split folders (`train`, `validation`, `test`). It replaces the task's
+    /// evaluation split, fetched or not; a `train` split in the folder becomes the pool.
     pub data: Option<PathBuf>,
-    /// User-supplied training split (pool), overriding what `data` provides.
+    /// User-supplied training split (pool): a file, or a folder with a `train` split; it
+    /// overrides both a train split in `data` and the fetched pool.
     pub train: Option<PathBuf>,
     pub split: SplitChoice,
     /// Fraction of the documents that go to the pool in a holdout split.

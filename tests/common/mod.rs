@@ -52,21 +52,60 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// The default model, if `headroom fetch` has put it in the cache.
-pub fn default_model() -> Option<PathBuf> {
-    let cache = std::env::var_os("HEADROOM_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("headroom")))?;
-    let p = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        if std::env::var("HEADROOM_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!("{} missing and HEADROOM_REQUIRE_ASSETS=1: run `headroom fetch`", p.display());
-        }
-        eprintln!("SKIPPED: default model not fetched ({}); run `headroom fetch`", p.display());
-        None
+/// headroom's cache folder, by the tool's own rule: `$HEADROOM_CACHE`, else `<user cache>/headroom`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("HEADROOM_CACHE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => dirs::cache_dir().unwrap_or_else(|| PathBuf::from(".cache")).join("headroom"),
     }
+}
+
+/// The command that puts every test asset in place (`tools/test.sh` runs it before the tests).
+pub const FETCH_ASSETS: &str = "tools/test.sh (or: cargo run --release -- fetch --data && bash tools/fetch-test-assets.sh)";
+
+/// An asset a test needs (fetched model or data, a test-only download, a system program).
+/// Present: `Some(path)`. Missing: the test FAILS, naming the path and the command that provides
+/// it, so a machine without the assets can never pass silently. A user who knowingly runs without
+/// them sets `HEADROOM_SKIP_ASSET_TESTS=1`: the test then prints SKIPPED and returns `None`.
+pub fn require_asset(path: PathBuf, provide: &str) -> Option<PathBuf> {
+    if path.exists() {
+        return Some(path);
+    }
+    if skip_asset_tests() {
+        eprintln!("SKIPPED (HEADROOM_SKIP_ASSET_TESTS=1): {} is missing; `{provide}` provides it", path.display());
+        return None;
+    }
+    panic!(
+        "{} is missing; run `{provide}` first, or set HEADROOM_SKIP_ASSET_TESTS=1 to skip the tests that need it",
+        path.display()
+    );
+}
+
+/// `HEADROOM_SKIP_ASSET_TESTS=1`: tests whose assets are missing are skipped instead of failing.
+pub fn skip_asset_tests() -> bool {
+    std::env::var("HEADROOM_SKIP_ASSET_TESTS").as_deref() == Ok("1")
+}
+
+/// A file under the cache folder (see `require_asset`).
+pub fn cached_asset(rel: &str) -> Option<PathBuf> {
+    require_asset(cache_dir().join(rel), FETCH_ASSETS)
+}
+
+/// The default model, fetched by `headroom fetch` (see `require_asset`).
+pub fn default_model() -> Option<PathBuf> {
+    cached_asset("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// `<cache>/data`, when the fetched task data is there (see `require_asset`).
+pub fn task_data() -> Option<PathBuf> {
+    cached_asset("data/olmo/hf_datasets/super_glue/copa/validation/data-00000-of-00001.arrow")?;
+    Some(cache_dir().join("data"))
+}
+
+/// Headless Chromium for the report's page checks (see `require_asset`).
+pub fn chromium() -> Option<PathBuf> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(PathBuf::from).find(|p| p.exists());
+    found.or_else(|| require_asset(PathBuf::from("/usr/bin/chromium"), "apt-get install -y chromium (tools/test.sh does it)"))
 }
 
 /// Writes a tiny random Llama-family HF folder (config.json + model.safetensors) into `dir`
