@@ -283,7 +283,7 @@ impl Rope {
     /// `inv_freq[i]` for i < rotary_dim/2; angles are `pos * inv_freq` computed in f32 as
     /// transformers does, so long-context angles round the same way.
     pub fn new(style: RopeStyle, rotary_dim: usize, theta: f64, inv_freq: &[f32], max_pos: usize, device: &Device) -> Result<Self> {
-        if rotary_dim % 2 != 0 || inv_freq.len() != rotary_dim / 2 {
+        if !rotary_dim.is_multiple_of(2) || inv_freq.len() != rotary_dim / 2 {
             bail!("rotary dim {rotary_dim} must be even and match {} frequencies", inv_freq.len());
         }
         let half = rotary_dim / 2;
