@@ -156,7 +156,8 @@ impl TaskSource {
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A Hugging Face folder, a .gguf file, or `default`.
+    /// A Hugging Face folder, a .gguf file, a hub id `org/name[@revision][:FILE.gguf]` already in
+    /// the local Hugging Face cache (see docs/models.md), or `default`.
     #[arg(long, default_value = "default")]
     model: String,
     /// Task names (see `headroom tasks`) or .toml task files, comma-separated (`--task` is an
