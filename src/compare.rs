@@ -589,7 +589,7 @@ pub struct Interval {
 pub fn contribution_shape(examples: &[ExampleContribution]) -> Result<(usize, usize)> {
     ensure!(!examples.is_empty(), "no per-example contributions to resample");
     let l = examples[0].ffn_abs.len();
-    ensure!(l > 0 && examples[0].head_abs.len() % l == 0, "per-example contribution has {} head and {l} FFN values", examples[0].head_abs.len());
+    ensure!(l > 0 && examples[0].head_abs.len().is_multiple_of(l), "per-example contribution has {} head and {l} FFN values", examples[0].head_abs.len());
     let h = examples[0].head_abs.len() / l;
     for (i, e) in examples.iter().enumerate() {
         ensure!(

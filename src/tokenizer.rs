@@ -7,7 +7,8 @@
 //!   BPE with the GPT-2 regex, as `GPT2TokenizerFast` builds it;
 //! - GGUF metadata with `tokenizer.ggml.model == "gpt2"` ([`Tokenizer::from_gguf`]), with the
 //!   pre-tokenizer chosen by `tokenizer.ggml.pre` the way llama.cpp does (its regexes are the
-//!   ones in the models' own tokenizer.json files).
+//!   ones in the models' own tokenizer.json files), or `"llama"` (SentencePiece BPE with scores
+//!   and byte fallback, [`Tokenizer::from_gguf_spm`]).
 //!
 //! `encode` never adds special tokens (the evaluation adds none); special tokens written in the
 //! text are still matched as single tokens.
@@ -41,6 +42,7 @@ pub const SUPPORTED_GGUF_PRE: &[&str] =
 const KNOWN_SPECIALS: &[&str] = &["<|endoftext|>", "</s>", "<s>", "<pad>", "<unk>"];
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp `llama_token_type`).
+const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
@@ -207,10 +209,10 @@ impl Tokenizer {
         let model = gguf.get_str("tokenizer.ggml.model")?;
         match model {
             "gpt2" => {}
-            "llama" => bail!(
-                "{p}: tokenizer.ggml.model = \"llama\" (SentencePiece) is not supported yet; pass a tokenizer.json for this model"
+            "llama" => return Tokenizer::from_gguf_spm(gguf),
+            other => bail!(
+                "{p}: tokenizer.ggml.model = {other:?} is not supported; supported: \"gpt2\" (byte-level BPE), \"llama\" (SentencePiece BPE)"
             ),
-            other => bail!("{p}: tokenizer.ggml.model = {other:?} is not supported; supported: \"gpt2\" (byte-level BPE)"),
         }
         let pre = match gguf.get("tokenizer.ggml.pre") {
             None => "default",
@@ -310,6 +312,148 @@ impl Tokenizer {
             None => false,
             Some(_) => gguf.get_bool("tokenizer.ggml.add_bos_token")?,
         };
+        Ok(tok)
+    }
+
+    /// SentencePiece-BPE vocabularies (`tokenizer.ggml.model = "llama"`: Llama-1/2, Mistral-v0.1,
+    /// TinyLlama, ...), built the way transformers' LlamaTokenizerFast converts them and llama.cpp
+    /// tokenizes them: the text gets a `▁` prefix (unless `tokenizer.ggml.add_space_prefix` is
+    /// false) and every space becomes `▁`; pieces are merged by BPE whose merge order is the
+    /// score (`tokenizer.ggml.scores`) of the merged piece, highest first, which is llama.cpp's
+    /// "merge the adjacent pair whose union scores best"; characters with no piece fall back to
+    /// their UTF-8 bytes `<0xXX>` (byte tokens), else to `<unk>`. Control and user-defined
+    /// tokens (token_type 3 and 4) are matched whole in the text.
+    pub fn from_gguf_spm(gguf: &GgufFile) -> Result<Tokenizer> {
+        use tokenizers::decoders::byte_fallback::ByteFallback;
+        use tokenizers::decoders::fuse::Fuse;
+        use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+        use tokenizers::decoders::strip::Strip;
+        use tokenizers::decoders::DecoderWrapper;
+        use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+
+        let p = gguf.path().display().to_string();
+        let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
+        if tokens.is_empty() || tokens.len() > u32::MAX as usize {
+            bail!("{p}: tokenizer.ggml.tokens has {} entries", tokens.len());
+        }
+        let scores = gguf.get_f32_array("tokenizer.ggml.scores").with_context(|| {
+            format!("{p}: a SentencePiece (tokenizer.ggml.model = \"llama\") vocabulary needs tokenizer.ggml.scores")
+        })?;
+        if scores.len() != tokens.len() {
+            bail!("{p}: tokenizer.ggml.scores has {} entries but tokenizer.ggml.tokens has {}", scores.len(), tokens.len());
+        }
+        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+            bail!("{p}: tokenizer.ggml.scores[{i}] = {} is not a finite number", scores[i]);
+        }
+        let types = match gguf.get("tokenizer.ggml.token_type") {
+            None => vec![1; tokens.len()],
+            Some(_) => {
+                let t = gguf.get_i64_array("tokenizer.ggml.token_type")?;
+                if t.len() != tokens.len() {
+                    bail!("{p}: tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {}", t.len(), tokens.len());
+                }
+                t
+            }
+        };
+        let flag = |key: &str, default: bool| -> Result<bool> {
+            match gguf.get(key) {
+                None => Ok(default),
+                Some(_) => gguf.get_bool(key),
+            }
+        };
+        // llama.cpp's defaults for SPM vocabularies.
+        let add_space_prefix = flag("tokenizer.ggml.add_space_prefix", true)?;
+        if flag("tokenizer.ggml.remove_extra_whitespaces", false)? {
+            bail!("{p}: tokenizer.ggml.remove_extra_whitespaces = true is not supported (it changes the token ids)");
+        }
+        if gguf.contains_key("tokenizer.ggml.precompiled_charsmap") {
+            bail!("{p}: tokenizer.ggml.precompiled_charsmap (a SentencePiece normalization table) is not supported (it changes the token ids)");
+        }
+        let mut vocab: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.entry(t.clone()).or_insert(i as u32);
+        }
+        // Merges as transformers' SentencePieceExtractor makes them: every split of every piece
+        // into two pieces (per piece ordered by the ids of the halves), all ordered by the
+        // score of the piece they make, highest first (stable, so ties keep vocabulary order).
+        let mut merges: Vec<(f32, String, String)> = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            if vocab.get(t) != Some(&(i as u32)) {
+                continue; // a duplicate piece: the first id wins, as in the vocab map
+            }
+            let mut local: Vec<(u32, u32, &str, &str)> = Vec::new();
+            for (k, _) in t.char_indices().skip(1) {
+                let (l, r) = t.split_at(k);
+                if let (Some(&il), Some(&ir)) = (vocab.get(l), vocab.get(r)) {
+                    local.push((il, ir, l, r));
+                }
+            }
+            local.sort_by_key(|x| (x.0, x.1));
+            merges.extend(local.into_iter().map(|(_, _, l, r)| (scores[i], l.to_string(), r.to_string())));
+        }
+        merges.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let merges: Vec<(String, String)> = merges.into_iter().map(|(_, l, r)| (l, r)).collect();
+        let unk_id = match gguf.get("tokenizer.ggml.unknown_token_id") {
+            Some(_) => Some(gguf.get_u32("tokenizer.ggml.unknown_token_id")?),
+            None => types.iter().position(|&t| t == TOKEN_TYPE_UNKNOWN).map(|i| i as u32),
+        };
+        let unk_tok = match unk_id {
+            Some(u) => Some(tokens.get(u as usize).cloned().ok_or_else(|| {
+                anyhow!("{p}: tokenizer.ggml.unknown_token_id = {u} is outside the vocabulary of {} tokens", tokens.len())
+            })?),
+            None => None,
+        };
+        let v: Vocab = vocab.iter().map(|(k, &i)| (k.clone(), i)).collect();
+        let mut b = BPE::builder().vocab_and_merges(v, merges.clone()).fuse_unk(true).byte_fallback(true);
+        if let Some(u) = &unk_tok {
+            b = b.unk_token(u.clone());
+        }
+        let bpe = b.build().map_err(|e| anyhow!("{p}: cannot build the SentencePiece BPE model: {e}"))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let mut norm: Vec<tokenizers::NormalizerWrapper> = Vec::new();
+        if add_space_prefix {
+            norm.push(Prepend::new("\u{2581}".to_string()).into());
+        }
+        norm.push(Replace::new(" ", "\u{2581}").map_err(tk_err)?.into());
+        inner.with_normalizer(Some(NormalizerSequence::new(norm))).map_err(tk_err)?;
+        let mut dec: Vec<DecoderWrapper> = vec![
+            DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(tk_err)?),
+            ByteFallback::new().into(),
+            Fuse::new().into(),
+        ];
+        if add_space_prefix {
+            dec.push(Strip::new(' ', 1, 0).into());
+        }
+        inner.with_decoder(Some(DecoderSequence::new(dec)));
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+            .map(|(tok, &t)| AddedToken::from(tok.clone(), t == TOKEN_TYPE_CONTROL))
+            .collect();
+        let (special, normal): (Vec<_>, Vec<_>) = added.into_iter().partition(|a| a.special);
+        inner.add_special_tokens(special).map_err(tk_err)?;
+        inner.add_tokens(normal).map_err(tk_err)?;
+        let mut tok = Tokenizer::assemble(inner, merges, p.clone())?;
+        let id = |key: &str| -> Result<Option<u32>> {
+            match gguf.get(key) {
+                None => Ok(None),
+                Some(_) => {
+                    let v = gguf.get_u32(key)?;
+                    if (v as usize) < tokens.len() {
+                        Ok(Some(v))
+                    } else {
+                        bail!("{p}: {key} = {v} is outside the vocabulary of {} tokens", tokens.len())
+                    }
+                }
+            }
+        };
+        tok.bos = id("tokenizer.ggml.bos_token_id")?;
+        tok.eos = id("tokenizer.ggml.eos_token_id")?;
+        tok.unk = unk_id;
+        tok.pad = id("tokenizer.ggml.padding_token_id")?;
+        // llama.cpp adds BOS for SPM vocabularies unless the file says otherwise.
+        tok.add_bos = flag("tokenizer.ggml.add_bos_token", true)?;
         Ok(tok)
     }
 

@@ -395,3 +395,26 @@ fn gguf_rope_scaling_and_rope_freqs_match_transformers() {
     let m = load(&f).unwrap();
     assert!(m.info.config_notes.iter().any(|n| n.contains("llama.rope.freq_base") && n.contains("10000")), "{:?}", m.info.config_notes);
 }
+
+/// Fields real hub configs carry (SmolLM2's nanotron export, Qwen2.5) load without notes, and the
+/// ones that would change the numbers are refused.
+#[test]
+fn hub_shaped_configs_load_without_spurious_notes() {
+    // SmolLM2-135M's config.json (transformers 4 schema) has these extras besides the usual fields.
+    let m = load("llama_v4_linear", |c| {
+        let o = c.as_object_mut().unwrap();
+        o.insert("is_llama_config".into(), json!(true));
+        o.insert("rope_interleaved".into(), json!(false));
+        o.insert("transformers.js_config".into(), json!({"kv_cache_dtype": {"q4f16": "float16"}}));
+        o.insert("torch_dtype".into(), json!("bfloat16"));
+        o.insert("pretraining_tp".into(), json!(1));
+    })
+    .unwrap();
+    assert!(m.info.config_notes.is_empty(), "{:?}", m.info.config_notes);
+    assert!(parity("llama_v4_linear", &m) <= TOL);
+    // Qwen2.5: use_mrope false is harmless, true is refused.
+    let m = load("qwen2_v4_window", |c| c["use_mrope"] = json!(false)).unwrap();
+    assert!(m.info.config_notes.is_empty(), "{:?}", m.info.config_notes);
+    let e = err_of("qwen2_v4_window", |c| c["use_mrope"] = json!(true));
+    assert!(e.contains("use_mrope"), "{e}");
+}

@@ -211,3 +211,23 @@ fn next_example_output_is_what_the_model_prints() {
         }
     }
 }
+
+#[test]
+fn readme_links_point_inside_the_repository() {
+    // A clone is all a user has: every relative link must resolve in it, none may leave it.
+    let text = readme();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut bad = Vec::new();
+    for (i, _) in text.match_indices("](") {
+        let target = text[i + 2..].split(')').next().unwrap();
+        if target.starts_with("http") || target.starts_with('#') {
+            continue;
+        }
+        let file = target.split('#').next().unwrap();
+        if file.starts_with("..") || !root.join(file).exists() {
+            bad.push(target.to_string());
+        }
+    }
+    assert!(!text.contains("../shared"), "the README mentions ../shared, which a clone does not have");
+    assert!(bad.is_empty(), "README links that do not resolve inside the repository: {bad:?}");
+}

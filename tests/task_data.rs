@@ -194,4 +194,8 @@ fn per_task_flags_are_checked_before_anything_runs() {
     let (code, err) = run(&["prune", "--model", "/nonexistent/model", "--tasks", "wic", "--data", "lambada=/x", "--out", "/nonexistent/run"]);
     assert_eq!(code, 2);
     assert!(err.contains("task `lambada` is not in this run"), "{err}");
+    // demo passes --data on to its prune and induction-ablate steps, checked before any stage.
+    let (code, err) = run(&["demo", "--tasks", "wic", "--data", "record=/x", "--out", "/nonexistent/demo"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("task `record` is not in this run") && !err.contains("==="), "{err}");
 }

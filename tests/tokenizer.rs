@@ -214,14 +214,13 @@ fn gguf_tokenizer_errors() {
         "{e}"
     );
 
+    // SentencePiece vocabularies are read (tests/tokenizer_spm.rs) but need their scores.
     w.add("tokenizer.ggml.model", "llama");
     let e = err(&w);
-    assert!(
-        e.contains("SentencePiece")
-            && e.contains("not supported yet")
-            && e.contains("tokenizer.json"),
-        "{e}"
-    );
+    assert!(e.contains("bad.gguf") && e.contains("tokenizer.ggml.scores"), "{e}");
+    w.add("tokenizer.ggml.model", "rwkv");
+    let e = err(&w);
+    assert!(e.contains("\"rwkv\" is not supported") && e.contains("\"llama\" (SentencePiece"), "{e}");
 
     let mut w = GgufWriter::new();
     w.add("tokenizer.ggml.model", "gpt2");

@@ -7,6 +7,8 @@ Writes tests/golden/ (committed; CI never runs this script):
   <variant>/            tiny random HF checkpoints + golden.safetensors + golden.json
   gguf/                 tiny_llama.gguf (llama_gqa converted like llama.cpp), quants.gguf, references
   tokenizers/<name>.json  reference token ids from transformers for real tokenizers
+  config/               one tiny model per config schema / non-default number-changing field
+                        (regenerate alone: tools/make_golden.py --only config)
 See tests/golden/README.md for the exact contents.
 
 Everything is deterministic: fixed seeds, one CPU thread, no timestamps. External files (npm / PyPI

@@ -36,6 +36,11 @@ pub struct DemoArgs {
     /// (`--task` is an alias).
     #[arg(long, alias = "task", value_delimiter = ',')]
     tasks: Vec<String>,
+    /// A task's data, `TASK=PATH` (repeatable), passed to `prune` and `induction-ablate` as
+    /// given: for tasks without fetched data (wic, wsc, multirc, record, mathqa) in `--tasks`, or
+    /// to replace a task's fetched evaluation split (docs/tasks.md).
+    #[arg(long = "data", value_name = "TASK=PATH")]
+    data: Vec<String>,
     /// Evaluation documents per task and shot count [default: 40; tiny: 8].
     #[arg(long)]
     limit: Option<usize>,
@@ -148,6 +153,10 @@ fn stage(i: usize, n: usize, what: &str, step: Option<&Step>) {
 pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     let t_all = Instant::now();
     let plan = Plan::new(&args);
+    let a_data = args.data.clone();
+    // Per-task data goes to every step that loads tasks; checked against the tasks before any
+    // stage runs.
+    super::eval::per_task_paths("--data", &a_data, &plan.tasks)?;
     let run = args.out.clone().unwrap_or_else(|| PathBuf::from(if args.tiny { "headroom-demo-tiny" } else { "headroom-demo" }));
     let path_arg = |p: &Path| p.display().to_string();
     let n = 7;
@@ -173,19 +182,19 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     timings.push(("model check", t.elapsed().as_secs_f64()));
 
     // 3. Importance + pruning sweeps.
-    let prune = Step::new(
-        "prune",
-        &[
-            ("tasks", plan.tasks.join(",")),
-            ("shots", plan.shots_flag()),
-            ("limit", plan.limit.to_string()),
-            ("importance-docs", plan.importance_docs.to_string()),
-            ("ranking", plan.rankings.into()),
-            ("heads", plan.heads.into()),
-            ("ffns", plan.ffns.into()),
-            ("out", path_arg(&run)),
-        ],
-    );
+    let data_flags: Vec<(&str, String)> = a_data.iter().map(|d| ("data", d.clone())).collect();
+    let mut prune_args = vec![
+        ("tasks", plan.tasks.join(",")),
+        ("shots", plan.shots_flag()),
+        ("limit", plan.limit.to_string()),
+        ("importance-docs", plan.importance_docs.to_string()),
+        ("ranking", plan.rankings.into()),
+        ("heads", plan.heads.into()),
+        ("ffns", plan.ffns.into()),
+        ("out", path_arg(&run)),
+    ];
+    prune_args.extend(data_flags.iter().cloned());
+    let prune = Step::new("prune", &prune_args);
     stage(3, n, "importance per task and shot count, then head and FFN pruning sweeps (resumable)", Some(&prune));
     let t = Instant::now();
     super::prune::run(prune.parse()?, dev)?;
@@ -207,18 +216,17 @@ pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
     timings.push(("induction", t.elapsed().as_secs_f64()));
 
     // 5. Does removing the strongest induction heads hurt accuracy more than random heads?
-    let ablate = Step::new(
-        "induction-ablate",
-        &[
-            ("induction", path_arg(&ind_json)),
-            ("tasks", plan.tasks.join(",")),
-            ("shots", "0".into()),
-            ("ks", plan.ablate_ks.into()),
-            ("random-sets", plan.random_sets.to_string()),
-            ("limit", plan.limit.to_string()),
-            ("out", path_arg(&run.join("induction"))),
-        ],
-    );
+    let mut ablate_args = vec![
+        ("induction", path_arg(&ind_json)),
+        ("tasks", plan.tasks.join(",")),
+        ("shots", "0".into()),
+        ("ks", plan.ablate_ks.into()),
+        ("random-sets", plan.random_sets.to_string()),
+        ("limit", plan.limit.to_string()),
+        ("out", path_arg(&run.join("induction"))),
+    ];
+    ablate_args.extend(data_flags.iter().cloned());
+    let ablate = Step::new("induction-ablate", &ablate_args);
     stage(5, n, "task accuracy with the top induction heads removed vs random heads", Some(&ablate));
     let t = Instant::now();
     once(&ablate, &run.join("induction").join("ablation.json"), || super::induction_ablate::run(ablate.parse()?, dev))?;

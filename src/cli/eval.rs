@@ -116,13 +116,16 @@ impl TaskSource {
         if headroom::progress::verbosity() == headroom::progress::Verbosity::Quiet {
             return Ok(task);
         }
+        let pool = if need_pool || task.pool_is_eval() || task.split.mode == tasks::SplitMode::Holdout {
+            format!("pool {} from {}", task.split.pool_docs, task.split.pool_source)
+        } else {
+            "no pool read (0-shot only)".to_string()
+        };
         eprintln!(
-            "{}: {} eval docs from {}; pool {} from {} [{:.1}s]",
+            "{}: {} eval docs from {}; {pool} [{:.1}s]",
             task.name,
             task.split.eval_docs,
             task.split.eval_source,
-            task.split.pool_docs,
-            task.split.pool_source,
             t0.elapsed().as_secs_f64()
         );
         if headroom::progress::verbosity() == headroom::progress::Verbosity::Verbose {
@@ -153,7 +156,8 @@ impl TaskSource {
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A Hugging Face folder, a .gguf file, or `default`.
+    /// A Hugging Face folder, a .gguf file, a hub id `org/name[@revision][:FILE.gguf]` already in
+    /// the local Hugging Face cache (see docs/models.md), or `default`.
     #[arg(long, default_value = "default")]
     model: String,
     /// Task names (see `headroom tasks`) or .toml task files, comma-separated (`--task` is an

@@ -10,7 +10,8 @@ use headroom::tokenizer::Tokenizer;
 
 #[derive(Args)]
 pub struct ImportanceArgs {
-    /// A Hugging Face folder, a .gguf file, or `default`.
+    /// A Hugging Face folder, a .gguf file, a hub id `org/name[@revision][:FILE.gguf]` already in
+    /// the local Hugging Face cache (see docs/models.md), or `default`.
     #[arg(long, default_value = "default")]
     model: String,
     /// JSONL, one `{"context": ..., "continuation": ...}` per line; the loss is the mean NLL of

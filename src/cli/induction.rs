@@ -27,7 +27,8 @@ enum CopyModeArg {
 
 #[derive(Args)]
 pub struct InductionArgs {
-    /// A Hugging Face folder, a .gguf file, or `default`.
+    /// A Hugging Face folder, a .gguf file, a hub id `org/name[@revision][:FILE.gguf]` already in
+    /// the local Hugging Face cache (see docs/models.md), or `default`.
     #[arg(long, default_value = "default")]
     model: String,
     /// Prefix-matching definition.

@@ -22,7 +22,8 @@ enum Rank {
 
 #[derive(Args)]
 pub struct InductionAblateArgs {
-    /// A Hugging Face folder, a .gguf file, or `default`.
+    /// A Hugging Face folder, a .gguf file, a hub id `org/name[@revision][:FILE.gguf]` already in
+    /// the local Hugging Face cache (see docs/models.md), or `default`.
     #[arg(long, default_value = "default")]
     model: String,
     /// The `induction.json` written by `headroom induction` for this model.

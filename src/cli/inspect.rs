@@ -4,7 +4,8 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// A Hugging Face folder, a .gguf file, or `default` (the fetched SmolLM2-135M-Instruct).
+    /// A Hugging Face folder, a .gguf file, a hub id `org/name[@revision][:FILE.gguf]` already in
+    /// the local Hugging Face cache (see docs/models.md), or `default` (the fetched SmolLM2-135M-Instruct).
     #[arg(long, default_value = "default")]
     model: String,
     /// Print JSON instead of a table.

@@ -7,7 +7,8 @@ use headroom::tokenizer::Tokenizer;
 
 #[derive(Args)]
 pub struct NextArgs {
-    /// A Hugging Face folder, a .gguf file, or `default`.
+    /// A Hugging Face folder, a .gguf file, a hub id `org/name[@revision][:FILE.gguf]` already in
+    /// the local Hugging Face cache (see docs/models.md), or `default`.
     #[arg(long, default_value = "default")]
     model: String,
     /// The prompt (no special tokens are added, as in the paper's evaluation).

@@ -19,7 +19,8 @@ use super::eval::TaskSource;
 
 #[derive(Args)]
 pub struct PruneArgs {
-    /// A Hugging Face folder, a .gguf file, or `default`.
+    /// A Hugging Face folder, a .gguf file, a hub id `org/name[@revision][:FILE.gguf]` already in
+    /// the local Hugging Face cache (see docs/models.md), or `default`.
     #[arg(long, default_value = "default")]
     model: String,
     /// Tasks (see `headroom tasks`), comma-separated (`--task` is an alias).

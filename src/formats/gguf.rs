@@ -148,7 +148,7 @@ impl GgmlType {
     /// Bytes taken by `n` elements (None on overflow or when `n` is not a multiple of the block).
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let bs = self.block_size();
-        if bs == 0 || n % bs != 0 {
+        if bs == 0 || !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(self.type_size())
@@ -1220,7 +1220,7 @@ fn candle_blocks<B: kq::GgmlType>(dtype: GgmlType, bytes: &[u8], n: usize) -> Re
 /// multiple of the block size.
 pub fn quantize_bytes(dtype: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     let bs = dtype.block_size() as usize;
-    if bs == 0 || x.len() % bs != 0 {
+    if bs == 0 || !x.len().is_multiple_of(bs) {
         bail!(
             "{} values is not a whole number of {dtype} blocks of {bs}",
             x.len()

@@ -54,6 +54,11 @@ const NEVER_NUMBER_CHANGING: &[&str] = &[
     "reorder_and_upcast_attn",
     // Old GPT-2 configs: the context length, always equal to n_positions.
     "n_ctx",
+    // SmolLM2's hub config (nanotron export): markers transformers ignores. `rope_interleaved`
+    // describes nanotron's layout before conversion; transformers' Llama never reads it.
+    "is_llama_config",
+    "rope_interleaved",
+    "transformers.js_config",
 ];
 
 /// Fields that change the numbers in ways headroom does not implement: refused outright.
@@ -66,6 +71,7 @@ const REFUSED: &[(&str, &str)] = &[
     ("residual_multiplier", "residual multipliers are not implemented"),
     ("attention_multiplier", "attention multipliers are not implemented"),
     ("use_qk_norm", "q/k normalisation is not implemented"),
+    ("use_mrope", "multimodal rotary embeddings (Qwen2-VL) are not implemented"),
     ("qk_layernorm", "q/k normalisation is not implemented"),
 ];
 
@@ -158,6 +164,8 @@ impl ConfigJson {
                     && !read.contains(*k)
                     && !NEVER_NUMBER_CHANGING.contains(&k.as_str())
                     && !also_harmless.contains(&k.as_str())
+                    // Checked above: off (false) means the plain architecture.
+                    && !REFUSED.iter().any(|(r, _)| r == k)
             })
             .map(|(k, v)| format!("`{k}` = {v}"))
             .collect();

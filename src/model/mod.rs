@@ -364,10 +364,10 @@ impl Model {
 /// Head counts must divide the hidden size (when no explicit head_dim is given) and KV heads
 /// must divide query heads.
 pub(crate) fn check_heads(origin: &str, d: usize, n_heads: usize, n_kv: usize) -> Result<()> {
-    if n_heads == 0 || d % n_heads != 0 {
+    if n_heads == 0 || !d.is_multiple_of(n_heads) {
         bail!("{origin}: hidden size {d} is not a multiple of the {n_heads} attention heads");
     }
-    if n_kv == 0 || n_heads % n_kv != 0 {
+    if n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
         bail!("{origin}: {n_heads} attention heads are not a multiple of {n_kv} key/value heads");
     }
     Ok(())
