@@ -277,33 +277,10 @@ impl Tokenizer {
         inner.with_pre_tokenizer(Some(pre_tok));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         if let Some(types) = &types {
-            let added: Vec<AddedToken> = tokens
-                .iter()
-                .zip(types)
-                .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
-                .map(|(tok, &t)| AddedToken::from(tok.clone(), t == TOKEN_TYPE_CONTROL))
-                .collect();
-            let (special, normal): (Vec<_>, Vec<_>) = added.into_iter().partition(|a| a.special);
-            inner.add_special_tokens(special).map_err(tk_err)?;
-            inner.add_tokens(normal).map_err(tk_err)?;
+            add_gguf_added_tokens(&mut inner, &tokens, types)?;
         }
         let mut tok = Tokenizer::assemble(inner, merges, p.clone())?;
-        let id = |key: &str| -> Result<Option<u32>> {
-            match gguf.get(key) {
-                None => Ok(None),
-                Some(_) => {
-                    let v = gguf.get_u32(key)?;
-                    if (v as usize) < tokens.len() {
-                        Ok(Some(v))
-                    } else {
-                        bail!(
-                            "{p}: {key} = {v} is outside the vocabulary of {} tokens",
-                            tokens.len()
-                        )
-                    }
-                }
-            }
-        };
+        let id = |key: &str| gguf_token_id(gguf, key, tokens.len(), &p);
         tok.bos = id("tokenizer.ggml.bos_token_id")?;
         tok.eos = id("tokenizer.ggml.eos_token_id")?;
         tok.unk = id("tokenizer.ggml.unknown_token_id")?;
@@ -425,29 +402,9 @@ impl Tokenizer {
             dec.push(Strip::new(' ', 1, 0).into());
         }
         inner.with_decoder(Some(DecoderSequence::new(dec)));
-        let added: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
-            .map(|(tok, &t)| AddedToken::from(tok.clone(), t == TOKEN_TYPE_CONTROL))
-            .collect();
-        let (special, normal): (Vec<_>, Vec<_>) = added.into_iter().partition(|a| a.special);
-        inner.add_special_tokens(special).map_err(tk_err)?;
-        inner.add_tokens(normal).map_err(tk_err)?;
+        add_gguf_added_tokens(&mut inner, &tokens, &types)?;
         let mut tok = Tokenizer::assemble(inner, merges, p.clone())?;
-        let id = |key: &str| -> Result<Option<u32>> {
-            match gguf.get(key) {
-                None => Ok(None),
-                Some(_) => {
-                    let v = gguf.get_u32(key)?;
-                    if (v as usize) < tokens.len() {
-                        Ok(Some(v))
-                    } else {
-                        bail!("{p}: {key} = {v} is outside the vocabulary of {} tokens", tokens.len())
-                    }
-                }
-            }
-        };
+        let id = |key: &str| gguf_token_id(gguf, key, tokens.len(), &p);
         tok.bos = id("tokenizer.ggml.bos_token_id")?;
         tok.eos = id("tokenizer.ggml.eos_token_id")?;
         tok.unk = unk_id;
@@ -630,4 +587,33 @@ fn short_json(v: &serde_json::Value) -> String {
 
 fn preview(text: &str) -> String {
     text.chars().take(40).collect()
+}
+
+/// Control (type 3) and user-defined (type 4) tokens of a GGUF vocabulary are matched whole in
+/// the text, as llama.cpp does; control tokens are special (skipped when decoding).
+fn add_gguf_added_tokens(inner: &mut tokenizers::Tokenizer, tokens: &[String], types: &[i64]) -> Result<()> {
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types)
+        .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+        .map(|(tok, &t)| AddedToken::from(tok.clone(), t == TOKEN_TYPE_CONTROL))
+        .collect();
+    let (special, normal): (Vec<_>, Vec<_>) = added.into_iter().partition(|a| a.special);
+    inner.add_special_tokens(special).map_err(tk_err)?;
+    inner.add_tokens(normal).map_err(tk_err)?;
+    Ok(())
+}
+
+/// A token id stored in GGUF metadata (`tokenizer.ggml.bos_token_id`, ...), checked against the
+/// vocabulary size; `None` when the key is absent.
+fn gguf_token_id(gguf: &GgufFile, key: &str, n_vocab: usize, origin: &str) -> Result<Option<u32>> {
+    if gguf.get(key).is_none() {
+        return Ok(None);
+    }
+    let v = gguf.get_u32(key)?;
+    if (v as usize) < n_vocab {
+        Ok(Some(v))
+    } else {
+        bail!("{origin}: {key} = {v} is outside the vocabulary of {n_vocab} tokens")
+    }
 }
