@@ -277,7 +277,7 @@ impl Tokenizer {
         inner.with_pre_tokenizer(Some(pre_tok));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         if let Some(types) = &types {
-            add_gguf_added_tokens(&mut inner, &tokens, types)?;
+            add_gguf_added_tokens(&mut inner, tokens, types)?;
         }
         let mut tok = Tokenizer::assemble(inner, merges, p.clone())?;
         let id = |key: &str| gguf_token_id(gguf, key, tokens.len(), &p);
@@ -402,7 +402,7 @@ impl Tokenizer {
             dec.push(Strip::new(' ', 1, 0).into());
         }
         inner.with_decoder(Some(DecoderSequence::new(dec)));
-        add_gguf_added_tokens(&mut inner, &tokens, &types)?;
+        add_gguf_added_tokens(&mut inner, tokens, &types)?;
         let mut tok = Tokenizer::assemble(inner, merges, p.clone())?;
         let id = |key: &str| gguf_token_id(gguf, key, tokens.len(), &p);
         tok.bos = id("tokenizer.ggml.bos_token_id")?;
