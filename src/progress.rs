@@ -2,9 +2,10 @@
 //!
 //! On a terminal: a bar, `  <what> [=====>    ] pos/len rate eta`. Off a terminal (a Slurm log,
 //! a file, a pipe), where a bar would draw nothing: a plain line every few seconds,
-//! `<what>: 120/500 (24%) 3.1 it/s eta 2m`, one when the work starts and (usually) one when it is done. `-q/--quiet`
-//! (verbosity [`Verbosity::Quiet`]) silences both. The interval is `HEADROOM_PROGRESS_SECS`
-//! seconds (default 10; fractions allowed).
+//! `<what>: 120/500 (24%) 3.1 it/s eta 2m`, the first one interval after the work starts, and a
+//! `done in` line at the end of work that printed any (work that ends within one interval prints
+//! nothing). `-q/--quiet` (verbosity [`Verbosity::Quiet`]) silences them. The interval is
+//! `HEADROOM_PROGRESS_SECS` seconds (default 10; fractions allowed).
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -83,10 +84,10 @@ pub fn bar(n: usize, what: &str) -> ProgressBar {
     }
     // Off a terminal: the bar draws nothing but keeps count; a thread reads the count every
     // interval and prints a line. It holds a weak handle, so it ends when the bar is finished
-    // or dropped.
+    // or dropped. Work that ends within one interval prints nothing (a sweep runs hundreds of
+    // short units under one outer bar, and a `0/40 … eta ?` line for each only lengthens Slurm
+    // logs); work that printed a line also prints its `done in` line.
     let b = ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::hidden());
-    // A first line at once, so a log shows what started even when it ends within the interval.
-    eprintln!("{}", line(what, 0, n as u64, Duration::ZERO));
     let weak = b.downgrade();
     let label = what.to_string();
     let every = interval();
@@ -94,16 +95,20 @@ pub fn bar(n: usize, what: &str) -> ProgressBar {
     let spawned = std::thread::Builder::new().name("progress".into()).spawn(move || {
         let tick = every.min(Duration::from_millis(100));
         let mut next = start + every;
+        let mut printed = false;
         loop {
             std::thread::sleep(tick);
             let Some(b) = weak.upgrade() else { return };
             let (pos, len) = (b.position(), b.length().unwrap_or(0));
             if b.is_finished() {
-                let _ = writeln!(std::io::stderr(), "{} done in {}", line(&label, pos, len, start.elapsed()), short_duration(start.elapsed()));
+                if printed {
+                    let _ = writeln!(std::io::stderr(), "{} done in {}", line(&label, pos, len, start.elapsed()), short_duration(start.elapsed()));
+                }
                 return;
             }
             if Instant::now() >= next {
                 let _ = writeln!(std::io::stderr(), "{}", line(&label, pos, len, start.elapsed()));
+                printed = true;
                 next += every;
             }
         }
