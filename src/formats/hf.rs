@@ -156,7 +156,10 @@ impl ConfigJson {
             }
         }
         let read = self.read.borrow().clone();
-        let obj = self.value.as_object().expect("checked at open");
+        // `open` checks this; a config built in memory (`from_value`) may not be an object.
+        let Some(obj) = self.value.as_object() else {
+            bail!("{}: expected a JSON object at the top level", self.path.display());
+        };
         let unknown: Vec<String> = obj
             .iter()
             .filter(|(k, v)| {
