@@ -199,7 +199,7 @@ struct FlopModel {
 
 impl FlopModel {
     fn of(model: &Model) -> Self {
-        let block_params: usize = model.blocks.iter().map(|b| b.n_params()).sum();
+        let block_params: usize = model.blocks.n_params();
         let i = &model.info;
         Self {
             per_token: 2.0 * block_params as f64,

@@ -11,9 +11,20 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "headroom", version, about = "Which attention heads and FFN blocks does in-context learning need?")]
 struct Cli {
-    /// Where to compute: `cpu`, or `cuda` / `cuda:N` when built with `--features cuda`.
+    /// Where to compute: `cpu`, or `cuda` / `cuda:N` when built with `--features cuda`; a
+    /// comma-separated list (`cuda:0,cuda:1`, `cuda:all`, `cpu,cpu`) splits the layers into
+    /// contiguous ranges, one per device.
     #[arg(long, global = true, default_value = "cpu", env = "HEADROOM_DEVICE")]
     device: String,
+    /// Compute dtype of the blocks: `auto` (bf16 on CUDA, f16 for f16-only checkpoints there;
+    /// f32 on CPU), `f32`, `bf16` or `f16`. It changes the numbers: run folders record it.
+    #[arg(long, global = true, default_value = "auto")]
+    dtype: String,
+    /// `resident` (every block materialised once), `stream` (each block materialised from the
+    /// checkpoint just before it runs; for models larger than memory) or `auto` (resident when
+    /// it fits in 70% of free memory, `$HEADROOM_RESIDENT_FRACTION`). Same numbers either way.
+    #[arg(long, global = true, default_value = "auto")]
+    weights: String,
     /// More detail on stderr (the data files each task read, with their sha256).
     #[arg(short, long, global = true, conflicts_with = "quiet")]
     verbose: bool,
@@ -79,19 +90,27 @@ fn run(cli: Cli) -> Result<()> {
         (false, true) => headroom::progress::Verbosity::Verbose,
         (false, false) => headroom::progress::Verbosity::Normal,
     });
-    let dev = cli::device(&cli.device)?;
+    let runs_model = !matches!(
+        cli.command,
+        Command::Compare(_) | Command::Fetch(_) | Command::Merge(_) | Command::Prompts(_) | Command::Report(_) | Command::Tasks(_)
+    );
+    if !runs_model && (cli.dtype != "auto" || cli.weights != "auto") {
+        anyhow::bail!("--dtype and --weights apply to commands that run a model; this command runs none");
+    }
+    let rt = cli::Runtime::new(&cli.device, &cli.dtype, &cli.weights)?;
+    let dev = &rt;
     match cli.command {
         Command::Compare(a) => cli::compare::run(a),
-        Command::Demo(a) => cli::demo::run(a, &dev),
+        Command::Demo(a) => cli::demo::run(a, dev),
         Command::Fetch(a) => cli::fetch::run(a),
-        Command::Importance(a) => cli::importance::run(a, &dev),
-        Command::Induction(a) => cli::induction::run(a, &dev),
-        Command::Inspect(a) => cli::inspect::run(a, &dev),
+        Command::Importance(a) => cli::importance::run(a, dev),
+        Command::Induction(a) => cli::induction::run(a, dev),
+        Command::Inspect(a) => cli::inspect::run(a, dev),
         Command::Merge(a) => cli::merge::run(a),
-        Command::Prune(a) => cli::prune::run(a, &dev),
-        Command::InductionAblate(a) => cli::induction_ablate::run(a, &dev),
-        Command::Next(a) => cli::next::run(a, &dev),
-        Command::Eval(a) => cli::eval::run(a, &dev),
+        Command::Prune(a) => cli::prune::run(a, dev),
+        Command::InductionAblate(a) => cli::induction_ablate::run(a, dev),
+        Command::Next(a) => cli::next::run(a, dev),
+        Command::Eval(a) => cli::eval::run(a, dev),
         Command::Prompts(a) => cli::prompts::run(a),
         Command::Report(a) => cli::report::run(a),
         Command::Tasks(a) => cli::tasks::run(a),

@@ -49,7 +49,7 @@ fn check_block(variant: &str) {
     let m = f64_model(variant);
     let (b, t, d) = (2, 7, m.info.hidden);
     let h = m.info.n_heads;
-    let block = &m.blocks[1];
+    let block = &m.blocks.as_resident().unwrap()[1];
     let x = randn(&[b, t, d], 1);
     let r = randn(&[b, t, d], 2);
     let gate_vals: Vec<f32> = (0..h).map(|i| 0.5 + 0.25 * i as f32).collect();

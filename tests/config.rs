@@ -270,8 +270,8 @@ fn untied_heads_are_used() {
 #[test]
 fn qwen2_window_only_where_layer_types_say() {
     let m = load("qwen2_layer_window", |_| {}).unwrap();
-    assert_eq!(m.blocks[0].attn.sliding_window, None);
-    assert_eq!(m.blocks[1].attn.sliding_window, Some(4));
+    assert_eq!(m.blocks.meta(0).sliding_window, None);
+    assert_eq!(m.blocks.meta(1).sliding_window, Some(4));
     // A layer marked sliding without a window (use_sliding_window false) is what transformers
     // cannot run either.
     let e = err_of("qwen2_layer_window", |c| c["use_sliding_window"] = json!(false));

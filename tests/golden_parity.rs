@@ -119,7 +119,7 @@ fn gguf_llama_with_permuted_qk_matches_transformers() {
     }
     // The same weights with the wrong RoPE pairing do not match: the check can fail.
     let mut wrong = Model::load(&dir.join("tiny_llama.gguf"), &Device::Cpu).unwrap();
-    for b in wrong.blocks.iter_mut() {
+    for b in wrong.blocks.as_resident_mut().unwrap().iter_mut() {
         b.attn.rope.as_mut().unwrap().style = headroom::model::RopeStyle::RotateHalf;
     }
     let ids = g.ids("seq2");

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use candle_core::{Device, Tensor};
 use headroom::induction::{self, CopyMode, InductionSeq, Lengths, PrefixMode, TokenPool};
 use headroom::model::blocks::{Attention, Linear, Mlp, Norm};
-use headroom::model::{Activation, Block, Embeddings, Family, LmHead, Model, ModelInfo, NormKind, Residual};
+use headroom::model::{Activation, Block, Embeddings, Family, LmHead, Model, ModelInfo, NormKind, Residual, Stack};
 use headroom::tokenizer::Tokenizer;
 
 // ------------------------------------------------------------------------------------------------
@@ -107,6 +107,8 @@ fn constructed_model() -> Model {
         context_length: P,
         weight_dtypes: BTreeMap::new(),
         compute_dtype: "f32".into(),
+        weights: "resident".into(),
+        placement: "cpu".into(),
         norm: NormKind::RmsNorm,
         activation: Activation::Relu,
         residual: Residual::PreNorm,
@@ -117,7 +119,7 @@ fn constructed_model() -> Model {
         eos_token_id: None,
         config_notes: Vec::new(),
     };
-    Model { info, embed, blocks: vec![l0, l1], head, device: Device::Cpu }
+    Model { info, embed, blocks: Stack::resident(vec![l0, l1], vec![Device::Cpu; 2]), head, device: Device::Cpu }
 }
 
 fn pool() -> TokenPool {

@@ -29,17 +29,17 @@ fn capture_forward_acts_and_layer_loop_agree_on_every_wiring() {
         let gates = m.head_gates(Some(&mask)).unwrap();
         let mut x = m.embed.forward(&ids, &Layout::Causal).unwrap();
         let looped = m
-            .forward_layers(&ids, &Layout::Causal, Some(&mask), false, &mut |l, acts, g| {
+            .forward_layers(&ids, &Layout::Causal, Some(&mask), false, &mut |l, block, acts, g| {
                 let c = &cap.layers[l];
                 assert_eq!(max_abs(&acts.attn.pattern, c.attn_probs.as_ref().unwrap()), 0.0, "{variant} layer {l} pattern");
-                let heads = m.blocks[l].attn.gated_heads(&acts.attn.z, g).unwrap();
+                let heads = block.attn.gated_heads(&acts.attn.z, g).unwrap();
                 assert_eq!(max_abs(&heads, c.head_outputs.as_ref().unwrap()), 0.0, "{variant} layer {l} head outputs");
                 assert_eq!(acts.mlp_out.is_none(), l == 0, "{variant} layer {l}: a removed FFN is skipped in a plain forward");
                 Ok(())
             })
             .unwrap();
         assert_eq!(max_abs(&looped, &hidden), 0.0, "{variant} layer loop vs forward_hidden");
-        for (l, block) in m.blocks.iter().enumerate() {
+        for (l, block) in m.blocks.as_resident().unwrap().iter().enumerate() {
             let ffn_gate = m.ffn_gate(Some(&mask), l);
             let plain = block.forward(&x, &Layout::Causal, gates[l].as_ref(), ffn_gate, None).unwrap();
             let (kept, acts) = block.forward_acts(&x, &Layout::Causal, gates[l].as_ref(), ffn_gate).unwrap();

@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use candle_core::Device;
 use headroom::formats::hf::ConfigJson;
 use headroom::model::weights::RandomWeights;
-use headroom::model::{opt, Activation, Model};
+use headroom::model::{Activation, LoadOptions, Model};
 
 pub fn env_usize(k: &str, d: usize) -> usize {
     std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
@@ -27,7 +28,8 @@ pub fn opt_125m() -> Model {
         }),
         "<opt-125m shape>",
     );
-    opt::from_hf(&cfg, &RandomWeights { std: 0.02 }, &Device::Cpu).expect("random OPT-125m")
+    let opts = LoadOptions::resident_f32(&Device::Cpu);
+    Model::from_config(&cfg, Arc::new(RandomWeights { std: 0.02 }), &Default::default(), &opts).expect("random OPT-125m")
 }
 
 pub fn default_model_path() -> Option<PathBuf> {

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use clap::{Args, FromArgMatches};
 use headroom::assets;
 use headroom::tokenizer::Tokenizer;
@@ -150,7 +149,7 @@ fn stage(i: usize, n: usize, what: &str, step: Option<&Step>) {
     }
 }
 
-pub fn run(args: DemoArgs, dev: &Device) -> Result<()> {
+pub fn run(args: DemoArgs, dev: &super::Runtime) -> Result<()> {
     let t_all = Instant::now();
     let plan = Plan::new(&args);
     let a_data = args.data.clone();
@@ -293,7 +292,7 @@ fn once(step: &Step, output: &Path, f: impl FnOnce() -> Result<()>) -> Result<()
 
 /// The model's top next tokens on a factual prompt, and the loss drop on the second copy of a
 /// repeated random sequence (in-context copying, the induction heads' signature).
-fn sanity_check(dev: &Device) -> Result<()> {
+fn sanity_check(dev: &super::Runtime) -> Result<()> {
     let (path, m) = super::load_model("default", dev)?;
     let i = &m.info;
     println!(

@@ -2,7 +2,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Args;
 use headroom::io::write_atomic;
 use headroom::eval::{evaluate, EvalConfig, ScoreOptions, Tokenization};
@@ -202,7 +201,7 @@ pub struct EvalArgs {
     out: PathBuf,
 }
 
-pub fn run(args: EvalArgs, dev: &Device) -> Result<()> {
+pub fn run(args: EvalArgs, dev: &super::Runtime) -> Result<()> {
     if args.shots.is_empty() {
         bail!("--shots is empty");
     }
@@ -289,7 +288,7 @@ pub fn run(args: EvalArgs, dev: &Device) -> Result<()> {
                 model_path: path.display().to_string(),
                 model_args: model_args.clone(),
                 batch_size: args.batch_size,
-                device: if dev.is_cpu() { "cpu".into() } else { "cuda".into() },
+                device: if dev.device().is_cpu() { "cpu".into() } else { "cuda".into() },
                 limit: args.limit,
                 seed: args.seed,
                 start_time,
@@ -300,5 +299,6 @@ pub fn run(args: EvalArgs, dev: &Device) -> Result<()> {
             write_atomic(&lm_dir.join(format!("results_{date_id}.json")), serde_json::to_string_pretty(&results)?.as_bytes())?;
         }
     }
+    super::report_streaming(&model);
     Ok(())
 }

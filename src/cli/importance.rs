@@ -2,7 +2,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::Device;
 use clap::Args;
 use headroom::importance::{self, AbsMode, ImportanceOptions, Normalize, Prompt};
 use headroom::io::{read_jsonl, write_atomic, write_json};
@@ -44,7 +43,7 @@ pub struct ImportanceArgs {
     out: PathBuf,
 }
 
-pub fn run(args: ImportanceArgs, dev: &Device) -> Result<()> {
+pub fn run(args: ImportanceArgs, dev: &super::Runtime) -> Result<()> {
     let mut prompts: Vec<Prompt> = read_jsonl(&args.prompts)?;
     if let Some(n) = args.max_examples {
         prompts.truncate(n);
@@ -110,5 +109,6 @@ pub fn run(args: ImportanceArgs, dev: &Device) -> Result<()> {
     println!("most important heads: {}", flat.iter().take(5).map(|(l, h, v)| format!("L{l}H{h} {v:.3e}")).collect::<Vec<_>>().join(", "));
     println!("least important heads: {}", flat.iter().rev().take(5).map(|(l, h, v)| format!("L{l}H{h} {v:.3e}")).collect::<Vec<_>>().join(", "));
     println!("wrote {}", args.out.display());
+    super::report_streaming(&model);
     Ok(())
 }

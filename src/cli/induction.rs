@@ -2,7 +2,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::{Args, ValueEnum};
 use headroom::io::write_atomic;
 use headroom::induction::{self, CopyMode, HeadStats, Lengths, PrefixMode, RankedHead, TokenPool};
@@ -100,7 +99,7 @@ fn print_top(title: &str, top: &[RankedHead], var: &[Vec<f64>]) {
     }
 }
 
-pub fn run(args: InductionArgs, dev: &Device) -> Result<()> {
+pub fn run(args: InductionArgs, dev: &super::Runtime) -> Result<()> {
     if args.sequences == 0 {
         bail!("--sequences must be at least 1");
     }
@@ -246,6 +245,7 @@ pub fn run(args: InductionArgs, dev: &Device) -> Result<()> {
         induction::median(&copying.mean)
     );
     println!("wrote {}", args.out.display());
+    super::report_streaming(&model);
     Ok(())
 }
 

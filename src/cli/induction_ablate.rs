@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
-use candle_core::Device;
 use clap::Args;
 use headroom::eval::{evaluate_prepared, prepare, selected_docs, EvalConfig, ScoreOptions};
 use headroom::induction::ablation::{rank_induction_heads, run_ablation, AblationPlan, Target};
@@ -60,7 +59,7 @@ pub struct InductionAblateArgs {
     out: PathBuf,
 }
 
-pub fn run(args: InductionAblateArgs, dev: &Device) -> Result<()> {
+pub fn run(args: InductionAblateArgs, dev: &super::Runtime) -> Result<()> {
     let text = std::fs::read_to_string(&args.induction).with_context(|| format!("cannot read {}", args.induction.display()))?;
     let ind: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", args.induction.display()))?;
     let matrix = |key: &str| -> Result<Vec<Vec<f64>>> {

@@ -1,5 +1,4 @@
 use anyhow::Result;
-use candle_core::Device;
 use clap::Args;
 
 #[derive(Args)]
@@ -13,7 +12,7 @@ pub struct InspectArgs {
     json: bool,
 }
 
-pub fn run(args: InspectArgs, dev: &Device) -> Result<()> {
+pub fn run(args: InspectArgs, dev: &super::Runtime) -> Result<()> {
     let (_, m) = super::load_model(&args.model, dev)?;
     let info = &m.info;
     if args.json {
@@ -25,7 +24,7 @@ pub fn run(args: InspectArgs, dev: &Device) -> Result<()> {
     });
     let dtypes = info.weight_dtypes.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", ");
     // Per layer when the layers differ (Qwen2's max_window_layers / layer_types).
-    let per_layer: Vec<Option<usize>> = m.blocks.iter().map(|b| b.attn.sliding_window).collect();
+    let per_layer: Vec<Option<usize>> = (0..m.n_layers()).map(|l| m.blocks.meta(l).sliding_window).collect();
     let show = |w: &Option<usize>| w.map_or("none".to_string(), |w| w.to_string());
     let windows = if per_layer.windows(2).all(|p| p[0] == p[1]) {
         per_layer.first().map_or("none".into(), show)

@@ -21,28 +21,66 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use headroom::assets;
-use headroom::model::{Mask, Model};
+use headroom::model::{ComputeDtype, LoadOptions, Mask, Model, Placement, WeightsMode};
 
-/// `cpu`, `cuda` or `cuda:N`.
-pub fn device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s.strip_prefix("cuda:").map_or(Ok(0), |n| n.parse::<usize>()).context("bad CUDA ordinal")?;
-            Device::new_cuda(ordinal)
-                .with_context(|| format!("cannot open CUDA device {ordinal} (was headroom built with --features cuda?)"))
+/// The global `--device`, `--dtype` and `--weights`: how every command that runs a model loads it.
+pub struct Runtime {
+    pub load: LoadOptions,
+}
+
+impl Runtime {
+    pub fn new(device: &str, dtype: &str, weights: &str) -> Result<Self> {
+        let load = LoadOptions {
+            dtype: ComputeDtype::parse(dtype).context("--dtype")?,
+            weights: WeightsMode::parse(weights).context("--weights")?,
+            placement: Placement::parse(device)?,
+        };
+        // A dtype a device cannot compute in (bf16 on a GPU older than Ampere, say) is refused
+        // here by a tiny matmul probe, rather than failing an hour into a run.
+        if let Some(dt) = match load.dtype {
+            ComputeDtype::Auto | ComputeDtype::F32 => None,
+            ComputeDtype::Bf16 => Some(candle_core::DType::BF16),
+            ComputeDtype::F16 => Some(candle_core::DType::F16),
+        } {
+            for d in &load.placement.devices {
+                let probe = || -> candle_core::Result<candle_core::Tensor> {
+                    let a = candle_core::Tensor::ones((2, 2), dt, d)?;
+                    a.matmul(&a)?.to_dtype(candle_core::DType::F32)
+                };
+                if let Err(e) = probe() {
+                    bail!("--dtype {dtype}: device {d:?} cannot compute in {dt:?} ({e})");
+                }
+            }
         }
-        other => bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
+        Ok(Self { load })
+    }
+    /// The input device (the first of the placement).
+    pub fn device(&self) -> &Device {
+        self.load.placement.first()
     }
 }
 
-/// Resolves `--model` (a path or `default`) and loads it, saying what it loaded.
-pub fn load_model(spec: &str, device: &Device) -> Result<(PathBuf, Model)> {
+/// Resolves `--model` (a path or `default`) and loads it, saying what it loaded and how.
+pub fn load_model(spec: &str, rt: &Runtime) -> Result<(PathBuf, Model)> {
     let path = assets::resolve_model(Some(spec), &assets::cache_dir()?)?;
     let t = std::time::Instant::now();
-    let model = Model::load(&path, device)?;
-    eprintln!("loaded {} in {:.1}s", path.display(), t.elapsed().as_secs_f64());
+    let model = Model::load_with(&path, &rt.load)?;
+    eprintln!(
+        "loaded {} in {:.1}s ({}, {} weights, on {})",
+        path.display(),
+        t.elapsed().as_secs_f64(),
+        model.info.compute_dtype,
+        model.info.weights,
+        model.info.placement
+    );
     Ok((path, model))
+}
+
+/// After a stage: how much of the time went to materialising streamed blocks.
+pub fn report_streaming(model: &Model) {
+    if let Some(s) = model.blocks.stream_stats() {
+        eprintln!("{}", s.summary());
+    }
 }
 
 /// Reads `--mask FILE` and checks it against the model.

@@ -1,7 +1,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use candle_core::Device;
 use clap::Args;
 use headroom::tokenizer::Tokenizer;
 
@@ -25,7 +24,7 @@ pub struct NextArgs {
     json: bool,
 }
 
-pub fn run(args: NextArgs, dev: &Device) -> Result<()> {
+pub fn run(args: NextArgs, dev: &super::Runtime) -> Result<()> {
     let (path, m) = super::load_model(&args.model, dev)?;
     let tok = Tokenizer::for_model(&path)?;
     let ids = tok.encode(&args.prompt)?;

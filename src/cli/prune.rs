@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use candle_core::Device;
 use clap::Args;
 use headroom::prune::experiment::{self, PruneConfig, Stage};
 use headroom::prune::RankingSource;
@@ -85,7 +84,7 @@ pub struct PruneArgs {
     out: PathBuf,
 }
 
-pub fn run(args: PruneArgs, dev: &Device) -> Result<()> {
+pub fn run(args: PruneArgs, dev: &super::Runtime) -> Result<()> {
     let cfg = PruneConfig {
         shots: args.shots.clone(),
         limit: args.limit,
@@ -140,6 +139,7 @@ pub fn run(args: PruneArgs, dev: &Device) -> Result<()> {
     eprintln!("run folder {} (shard {}/{})", args.out.display(), shard.index, shard.count);
 
     let out = experiment::run(&model, &tok, &task_list, &cfg, &folder, shard)?;
+    super::report_streaming(&model);
     match out.stopped_at {
         Some(Stage::Importance) => {
             println!(

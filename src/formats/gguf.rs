@@ -1127,6 +1127,14 @@ impl WeightSource for GgufFile {
         Tensor::from_vec(data, shape, device)
             .with_context(|| format!("{}: building tensor `{name}`", self.display))
     }
+    fn stored_bytes(&self, name: &str) -> u64 {
+        self.tensor_info(name).map_or(0, |t| t.nbytes)
+    }
+    fn release(&self, name: &str) {
+        if let (Some(t), Bytes::Mmap(m)) = (self.tensor_info(name), &self.bytes) {
+            crate::formats::release_pages(m, t.offset as usize, t.nbytes as usize);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

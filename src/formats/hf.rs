@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, TensorInfo};
 use safetensors::SafeTensors;
@@ -353,6 +353,37 @@ impl WeightSource for SafetensorsWeights {
         self.tensors.get(name).map(|(_, i)| i.shape.clone())
     }
     fn load_f32(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        self.load(name, shape, DType::F32, device)
+    }
+    /// Stored f32/f16/bf16 bytes become a tensor of that dtype (a copy out of the map, no
+    /// arithmetic), then `to_dtype` converts when the compute dtype differs.
+    fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let (shard, info, bytes) = self.bytes_of(name, shape)?;
+        let t = match info.dtype {
+            Dtype::F32 => Tensor::from_vec(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>(), shape, device)?,
+            Dtype::F16 => Tensor::from_vec(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(), shape, device)?,
+            Dtype::BF16 => Tensor::from_vec(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(), shape, device)?,
+            other => bail!(
+                "{}: tensor `{name}` has dtype {other:?}; supported weight dtypes are F32, F16, BF16",
+                shard.path.display()
+            ),
+        };
+        Ok(t.to_dtype(dtype)?)
+    }
+    fn stored_bytes(&self, name: &str) -> u64 {
+        self.tensors.get(name).map_or(0, |(_, i)| (i.data_offsets.1 - i.data_offsets.0) as u64)
+    }
+    fn release(&self, name: &str) {
+        if let Some((shard, info)) = self.tensors.get(name) {
+            let shard = &self.shards[*shard];
+            crate::formats::release_pages(&shard.mmap, shard.data_start + info.data_offsets.0, info.data_offsets.1 - info.data_offsets.0);
+        }
+    }
+}
+
+impl SafetensorsWeights {
+    /// `name`'s shard, header entry and bytes, after checking its shape against `shape`.
+    fn bytes_of(&self, name: &str, shape: &[usize]) -> Result<(&Shard, &TensorInfo, &[u8])> {
         let (shard, info) = self
             .tensors
             .get(name)
@@ -368,21 +399,6 @@ impl WeightSource for SafetensorsWeights {
         }
         // Offsets were validated against the file length by read_metadata.
         let bytes = &shard.mmap[shard.data_start + info.data_offsets.0..shard.data_start + info.data_offsets.1];
-        let values: Vec<f32> = match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => bail!(
-                "{}: tensor `{name}` has dtype {other:?}; supported weight dtypes are F32, F16, BF16",
-                shard.path.display()
-            ),
-        };
-        Ok(Tensor::from_vec(values, shape, device)?)
+        Ok((shard, info, bytes))
     }
 }

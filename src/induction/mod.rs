@@ -442,7 +442,7 @@ pub fn prefix_matching(model: &Model, seqs: &[InductionSeq], mode: PrefixMode, o
         let mut row_tl = vec![0.0; nl * nh];
         // The model's own layer loop; each layer's record is dropped after scoring, so only one
         // layer's attention `[1, H, T, T]` is held at once.
-        model.forward_layers(&ids, &Layout::Causal, None, false, &mut |l, acts, _| {
+        model.forward_layers(&ids, &Layout::Causal, None, false, &mut |l, _, acts, _| {
             let buf: Vec<f32> = acts.attn.pattern.flatten_all()?.to_vec1()?;
             for h in 0..nh {
                 let a = head_slice(&buf, h, t);
@@ -469,7 +469,7 @@ pub fn direct_path(model: &Model, l: usize, ids: &[u32], mode: CopyMode) -> Resu
     let attn = &block.attn;
     let (h, hd) = (attn.n_heads, attn.head_dim);
     let idt = model.batch_ids(&[ids.to_vec()])?; // [1, T]
-    let e = model.embed.forward(&idt, &Layout::Causal)?; // [1, T, D]
+    let e = model.embed.forward(&idt, &Layout::Causal)?.to_device(model.blocks.device(l))?; // [1, T, D] on the layer's device
     // The block's own attention half on the embeddings alone: ln1(e) for pre-norm and parallel
     // blocks, e itself for post-norm (OPT-350m: no norm before attention, spec 9.16).
     let (_, _, acts) = block.attention_half(&e, &Layout::Causal, None)?;
@@ -485,9 +485,9 @@ pub fn direct_path(model: &Model, l: usize, ids: &[u32], mode: CopyMode) -> Resu
     // z[h][j][k] = (per_head[h][j] Wo_h^T (+ bo)) P^T u_k with P = project_out (identity if
     // absent) and u_k the unembedding row of ids[k]. Associated as per_head (Wo_h^T M^T) with
     // M = U_seq P [T, D], which costs H*T*hd*(D + T) instead of H*T*D*(hd + T) multiply-adds.
-    let u = model.head.unembed.index_select(&idt.squeeze(0)?, 0)?; // [T, E]: rows of the sequence's tokens
+    let u = model.head.unembed.index_select(&idt.squeeze(0)?.to_device(model.head_device())?, 0)?.to_device(model.blocks.device(l))?; // [T, E]: rows of the sequence's tokens
     let m = match &model.head.project_out {
-        Some(p) => u.matmul(&p.weight)?, // [T, E] x [E, D]
+        Some(p) => u.matmul(&p.weight.to_device(u.device())?)?, // [T, E] x [E, D]
         None => u,
     }; // [T, D]
     let mt = m.t()?.contiguous()?; // [D, T]
@@ -520,7 +520,7 @@ pub fn copying(model: &Model, seqs: &[InductionSeq], mode: CopyMode, on_sequence
             let (probs, z) = direct_path(model, l, &seq.ids, mode)?;
             let a: Vec<f32> = probs.flatten_all()?.to_vec1()?;
             let z: Vec<f32> = z.flatten_all()?.to_vec1()?;
-            let window = model.blocks[l].attn.sliding_window;
+            let window = model.blocks.meta(l).sliding_window;
             for h in 0..nh {
                 row[l * nh + h] = copy_score(head_slice(&a, h, t), head_slice(&z, h, t), t, window, mode);
             }

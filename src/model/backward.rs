@@ -89,7 +89,7 @@ impl Model {
         // Forward through the model's one layer loop, keeping each block's activation record
         // or only its input (resid_pre).
         let mut saved: Vec<Result<BlockActs, Tensor>> = Vec::with_capacity(self.n_layers());
-        let x = self.forward_layers(ids, layout, mask, keep, &mut |_, acts, _| {
+        let x = self.forward_layers(ids, layout, mask, keep, &mut |_, _, acts, _| {
             saved.push(if keep { Ok(acts) } else { Err(acts.resid_pre) });
             Ok(())
         })?;
@@ -110,11 +110,14 @@ impl Model {
         }
         let n = rows.len();
         let d = x.dim(D::Minus1)?;
-        let rows_t = Tensor::from_vec(rows, n, &self.device)?;
+        // The loss runs where the head is (the last layer's device).
+        let hdev = self.head_device().clone();
+        let x = x.to_device(&hdev)?;
+        let rows_t = Tensor::from_vec(rows, n, &hdev)?;
         let h = x.reshape((b * t, d))?.index_select(&rows_t, 0)?; // [N, D]
         let logits = self.head.forward(&h)?; // [N, V]
         let logp = super::log_softmax_last_dim(&logits)?;
-        let labels_t = Tensor::from_vec(labels, n, &self.device)?;
+        let labels_t = Tensor::from_vec(labels, n, &hdev)?;
         let picked: Vec<f64> = logp.gather(&labels_t.unsqueeze(1)?, 1)?.squeeze(1)?.to_dtype(DType::F64)?.to_vec1()?;
         let mut losses = Vec::with_capacity(targets.len());
         let mut k = 0;
@@ -123,28 +126,34 @@ impl Model {
             k += tg.len;
         }
         // loss = -sum_i w_i log softmax(logits_i)[y_i]  =>  dlogits = w (softmax - onehot)
-        let w = Tensor::from_vec(weights, (n, 1), &self.device)?.to_dtype(logits.dtype())?;
-        let onehot = Tensor::zeros((n, logits.dim(1)?), logits.dtype(), &self.device)?.scatter_add(
+        let w = Tensor::from_vec(weights, (n, 1), &hdev)?.to_dtype(logits.dtype())?;
+        let onehot = Tensor::zeros((n, logits.dim(1)?), logits.dtype(), &hdev)?.scatter_add(
             &labels_t.unsqueeze(1)?,
-            &Tensor::ones((n, 1), logits.dtype(), &self.device)?,
+            &Tensor::ones((n, 1), logits.dtype(), &hdev)?,
             1,
         )?;
         let dlogits = (logp.exp()? - onehot)?.broadcast_mul(&w)?;
         let dh = self.head.backward(&h, &dlogits)?; // [N, D]
-        let mut dx = Tensor::zeros((b * t, d), x.dtype(), &self.device)?.index_add(&rows_t, &dh, 0)?.reshape((b, t, d))?;
-        // Blocks in reverse, dropping each block's activations once used.
+        let mut dx = Tensor::zeros((b * t, d), x.dtype(), &hdev)?.index_add(&rows_t, &dh, 0)?.reshape((b, t, d))?;
+        // Blocks in reverse (streamed: materialised again, in reverse), dropping each block's
+        // activations once used; the gradient crosses devices at placement boundaries.
         let mut head_dot = vec![None; self.n_layers()];
         let mut ffn_dot = vec![None; self.n_layers()];
-        for l in (0..self.n_layers()).rev() {
+        let order: Vec<usize> = (0..self.n_layers()).rev().collect();
+        let layouts = self.layouts_per_device(layout)?;
+        self.blocks.for_each(&order, &mut |l, block| {
+            let dev = self.blocks.device(l);
+            let dy = dx.to_device(dev)?;
             let gr = match saved.pop() {
-                Some(Ok(acts)) => self.blocks[l].backward(&acts, layout, gates[l].as_ref(), ffn_gate(l), &dx)?,
-                Some(Err(input)) => self.blocks[l].backward_recompute(&input, layout, gates[l].as_ref(), ffn_gate(l), &dx)?,
+                Some(Ok(acts)) => block.backward(&acts, layouts.get(dev), gates[l].as_ref(), ffn_gate(l), &dy)?,
+                Some(Err(input)) => block.backward_recompute(&input, layouts.get(dev), gates[l].as_ref(), ffn_gate(l), &dy)?,
                 None => bail!("internal: missing saved activations for layer {l}"),
             };
             dx = gr.dx;
             head_dot[l] = Some(gr.head_dot);
             ffn_dot[l] = Some(gr.ffn_dot);
-        }
+            Ok(())
+        })?;
         Ok(GateGrads {
             head_dot: head_dot.into_iter().flatten().collect(),
             ffn_dot: ffn_dot.into_iter().flatten().collect(),

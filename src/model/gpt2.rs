@@ -6,15 +6,17 @@
 //! - Scores scaled by hd^-0.5 when `scale_attn_weights` (default) and additionally by
 //!   1/(layer+1) when `scale_attn_by_inverse_layer_idx`.
 
+use std::sync::Arc;
+
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::blocks::{Activation, Attention, Block, Embeddings, Linear, LmHead, Mlp, NormKind, Residual};
-use super::{check_heads, find_prefix, Family, Loader, Model, Parts};
+use super::{check_heads, find_prefix, Family, LoadCtx, Loader, Model, Parts};
 use crate::formats::hf::ConfigJson;
 use crate::model::weights::WeightSource;
 
-pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Result<Model> {
+pub(crate) fn from_hf(cfg: &ConfigJson, ws: Arc<dyn WeightSource>, ctx: &LoadCtx) -> Result<Model> {
     let d = cfg.usize("n_embd")?;
     let n_layers = cfg.usize("n_layer")?;
     let n_heads = cfg.usize("n_head")?;
@@ -29,31 +31,34 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
     let hd = d / n_heads;
 
     // GPT2LMHeadModel saves under `transformer.`; the original hub checkpoints have no prefix.
-    let p = find_prefix(ws, &["transformer.", ""], "wte.weight")?;
-    let ld = Loader { ws, device };
+    let p = find_prefix(ws.as_ref(), &["transformer.", ""], "wte.weight")?;
+    let first = ctx.first_device().clone();
+    let ld = ctx.loader(ws.as_ref(), &first);
+    let last = ctx.last_device(n_layers);
+    let hl = ctx.loader(ws.as_ref(), &last);
     // Conv1D: weight [in, out] -> nn.Linear layout [out, in].
-    let conv1d = |name: &str, inp: usize, out: usize| -> Result<(Tensor, Tensor)> {
+    let conv1d = |ld: &Loader<'_>, name: &str, inp: usize, out: usize| -> Result<(Tensor, Tensor)> {
         let w = ld.tensor(&format!("{name}.weight"), &[inp, out])?.t()?.contiguous()?;
         let b = ld.tensor(&format!("{name}.bias"), &[out])?;
         Ok((w, b))
     };
     let tokens = ld.tensor(&format!("{p}wte.weight"), &[vocab, d])?;
     let positions = ld.tensor(&format!("{p}wpe.weight"), &[max_pos, d])?;
-    let mut blocks = Vec::with_capacity(n_layers);
-    for l in 0..n_layers {
-        let lp = format!("{p}h.{l}");
-        let (w_qkv, b_qkv) = conv1d(&format!("{lp}.attn.c_attn"), d, 3 * d)?; // [3D, D], [3D]
+    let prefix = p.clone();
+    let build_block = move |ld: &Loader<'_>, l: usize| -> Result<Block> {
+        let lp = format!("{prefix}h.{l}");
+        let (w_qkv, b_qkv) = conv1d(ld, &format!("{lp}.attn.c_attn"), d, 3 * d)?; // [3D, D], [3D]
         let part = |i: usize| -> Result<Linear> {
             Ok(Linear::new(w_qkv.narrow(0, i * d, d)?.contiguous()?, Some(b_qkv.narrow(0, i * d, d)?.contiguous()?)))
         };
-        let (wo, bo) = conv1d(&format!("{lp}.attn.c_proj"), d, d)?;
-        let (w1, b1) = conv1d(&format!("{lp}.mlp.c_fc"), d, inner)?;
-        let (w2, b2) = conv1d(&format!("{lp}.mlp.c_proj"), inner, d)?;
+        let (wo, bo) = conv1d(ld, &format!("{lp}.attn.c_proj"), d, d)?;
+        let (w1, b1) = conv1d(ld, &format!("{lp}.mlp.c_fc"), d, inner)?;
+        let (w2, b2) = conv1d(ld, &format!("{lp}.mlp.c_proj"), inner, d)?;
         let mut scale = if scale_weights { (hd as f64).powf(-0.5) } else { 1.0 };
         if scale_by_layer {
             scale /= (l + 1) as f64;
         }
-        blocks.push(Block {
+        Ok(Block {
             attn_norm: ld.norm(&format!("{lp}.ln_1"), NormKind::LayerNorm, d, eps, true)?,
             attn: Attention {
                 q: part(0)?,
@@ -70,14 +75,14 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
             ffn_norm: ld.norm(&format!("{lp}.ln_2"), NormKind::LayerNorm, d, eps, true)?,
             mlp: Mlp::Plain { fc1: Linear::new(w1, Some(b1)), fc2: Linear::new(w2, Some(b2)), act },
             residual: Residual::PreNorm,
-        });
-    }
+        })
+    };
     // GPT2LMHeadModel's lm_head [vocab, D] shares wte unless tie_word_embeddings is false, in
     // which case the checkpoint's own `lm_head.weight` is the unembedding.
-    let tied = super::llama::tie_word_embeddings(cfg, ws, "lm_head.weight", true)?;
-    let unembed = if tied { tokens.clone() } else { ld.tensor("lm_head.weight", &[vocab, d])? };
+    let tied = super::llama::tie_word_embeddings(cfg, ws.as_ref(), "lm_head.weight", true)?;
+    let unembed = if tied { tokens.clone() } else { hl.tensor("lm_head.weight", &[vocab, d])? };
     let head = LmHead {
-        final_norm: Some(ld.norm(&format!("{p}ln_f"), NormKind::LayerNorm, d, eps, true)?),
+        final_norm: Some(hl.norm(&format!("{p}ln_f"), NormKind::LayerNorm, d, eps, true)?),
         project_out: None,
         unembed,
         tied,
@@ -87,15 +92,17 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
             family: Family::Gpt2,
             architecture: "gpt2".into(),
             format: "hf",
-            source: ws.origin(),
             embed: Embeddings { tokens, positions: Some((positions, 0)), project_in: None },
-            blocks,
+            build_block: Arc::new(build_block),
+            n_layers,
+            layer_windows: vec![None; n_layers],
             head,
             context_length: max_pos,
             bos_token_id: cfg.opt_usize("bos_token_id")?.map(|x| x as u32),
             eos_token_id: cfg.opt_usize("eos_token_id")?.map(|x| x as u32),
         },
-        device,
+        ws,
+        ctx,
     )?;
     model.info.config_notes = cfg.finish("gpt2", &[])?;
     Ok(model)

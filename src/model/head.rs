@@ -64,4 +64,22 @@ impl LmHead {
             tied: self.tied,
         })
     }
+    /// The head on `device` (placement: it runs where the last layer runs).
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        let mv = |t: &Tensor| t.to_device(device);
+        Ok(Self {
+            final_norm: self
+                .final_norm
+                .as_ref()
+                .map(|n| -> Result<Norm> { Ok(Norm { weight: mv(&n.weight)?, bias: n.bias.as_ref().map(mv).transpose()?, ..n.clone() }) })
+                .transpose()?,
+            project_out: self
+                .project_out
+                .as_ref()
+                .map(|p| -> Result<Linear> { Ok(Linear::new(mv(&p.weight)?, p.bias.as_ref().map(mv).transpose()?)) })
+                .transpose()?,
+            unembed: mv(&self.unembed)?,
+            tied: self.tied,
+        })
+    }
 }

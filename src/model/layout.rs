@@ -48,6 +48,20 @@ impl TreeRow {
 }
 
 impl Layout {
+    /// The same layout with its tensors on `device` (layers placed on another device).
+    pub fn to_device(&self, device: &candle_core::Device) -> anyhow::Result<Self> {
+        Ok(match self {
+            Layout::Causal => Layout::Causal,
+            Layout::Custom { positions, bias, max_position } => Layout::Custom {
+                positions: positions.to_device(device)?,
+                bias: bias.to_device(device)?,
+                max_position: *max_position,
+            },
+        })
+    }
+}
+
+impl Layout {
     /// A batch of tree rows padded to `t` tokens. Query i sees key j when j <= i (in row order),
     /// j is in the prefix or in i's own branch, and (with a window w) pos_i - pos_j < w.
     /// Padding tokens sit at position 0 and see only themselves (so no softmax row is empty).

@@ -9,11 +9,13 @@
 //! - Grouped-query attention: H query heads share KV = num_key_value_heads key/value heads.
 //! - Mistral's sliding window (and Qwen2's when `use_sliding_window`) limits keys to i - j < w.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use candle_core::Device;
 
 use super::blocks::{Activation, Attention, Block, Embeddings, Linear, LmHead, Mlp, Norm, NormKind, Residual, Rope, RopeStyle};
-use super::{check_heads, rope_config, Family, Loader, Model, Parts};
+use super::{check_heads, rope_config, Family, LoadCtx, Loader, Model, Parts};
 use crate::formats::gguf::GgufFile;
 use crate::formats::hf::ConfigJson;
 use crate::model::weights::WeightSource;
@@ -63,6 +65,7 @@ fn gguf_layer(l: usize, part: &str) -> String {
 }
 
 /// Architecture numbers common to both formats.
+#[derive(Clone)]
 struct Arch {
     architecture: String,
     format: &'static str,
@@ -90,9 +93,11 @@ struct Arch {
     eos: Option<u32>,
 }
 
-fn build(a: Arch, ws: &dyn WeightSource, names: &Names, device: &Device) -> Result<Model> {
-    let ld = Loader { ws, device };
-    let rope = Rope::new(a.rope_style, a.inv_freq.len() * 2, a.theta, &a.inv_freq, a.max_pos.min(MAX_ROPE_TABLE), device)?;
+fn build(a: Arch, ws: Arc<dyn WeightSource>, names: Names, ctx: &LoadCtx) -> Result<Model> {
+    let first = ctx.first_device().clone();
+    let ld = ctx.loader(ws.as_ref(), &first);
+    // Built once on the host in f32; each block takes its copy onto its device and dtype.
+    let rope = Rope::new(a.rope_style, a.inv_freq.len() * 2, a.theta, &a.inv_freq, a.max_pos.min(MAX_ROPE_TABLE), &Device::Cpu)?;
     let vocab = match (ws.shape_of(&names.embed), a.vocab) {
         (Some(s), Some(v)) if s.len() == 2 && s[0] != v => bail!(
             "{}: `{}` has {} rows but config.json says vocab_size {v}",
@@ -106,39 +111,41 @@ fn build(a: Arch, ws: &dyn WeightSource, names: &Names, device: &Device) -> Resu
         (None, _) => bail!("{}: missing tensor `{}`", ws.origin(), names.embed),
     };
     let tokens = ld.tensor(&names.embed, &[vocab, a.d])?;
-    let rms = |name: String| -> Result<Norm> { ld.norm(&name, NormKind::RmsNorm, a.d, a.eps, false) };
-    let lin = |l: usize, part: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-        ld.linear(&(names.layer)(l, part), out, inp, bias)
-    };
-    let mut blocks = Vec::with_capacity(a.n_layers);
-    for l in 0..a.n_layers {
-        blocks.push(Block {
-            attn_norm: rms((names.layer)(l, "attn_norm"))?,
+    let layer = names.layer;
+    let arch = a.clone();
+    let build_block = move |ld: &Loader<'_>, l: usize| -> Result<Block> {
+        let a = &arch;
+        let rms = |part: &str| -> Result<Norm> { ld.norm(&layer(l, part), NormKind::RmsNorm, a.d, a.eps, false) };
+        let lin = |part: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> { ld.linear(&layer(l, part), out, inp, bias) };
+        Ok(Block {
+            attn_norm: rms("attn_norm")?,
             attn: Attention {
-                q: lin(l, "q", a.n_heads * a.hd, a.d, a.qkv_bias)?,
-                k: lin(l, "k", a.n_kv * a.hd, a.d, a.qkv_bias)?,
-                v: lin(l, "v", a.n_kv * a.hd, a.d, a.qkv_bias)?,
-                o: lin(l, "o", a.d, a.n_heads * a.hd, a.o_bias)?,
+                q: lin("q", a.n_heads * a.hd, a.d, a.qkv_bias)?,
+                k: lin("k", a.n_kv * a.hd, a.d, a.qkv_bias)?,
+                v: lin("v", a.n_kv * a.hd, a.d, a.qkv_bias)?,
+                o: lin("o", a.d, a.n_heads * a.hd, a.o_bias)?,
                 n_heads: a.n_heads,
                 n_kv_heads: a.n_kv,
                 head_dim: a.hd,
                 scale: (a.hd as f64).powf(-0.5),
-                rope: Some(rope.clone()),
+                rope: Some(rope.to_device(ld.device)?),
                 sliding_window: a.windows[l],
             },
-            ffn_norm: rms((names.layer)(l, "ffn_norm"))?,
+            ffn_norm: rms("ffn_norm")?,
             mlp: Mlp::Gated {
-                gate: lin(l, "gate", a.ffn, a.d, a.mlp_bias)?,
-                up: lin(l, "up", a.ffn, a.d, a.mlp_bias)?,
-                down: lin(l, "down", a.d, a.ffn, a.mlp_bias)?,
+                gate: lin("gate", a.ffn, a.d, a.mlp_bias)?,
+                up: lin("up", a.ffn, a.d, a.mlp_bias)?,
+                down: lin("down", a.d, a.ffn, a.mlp_bias)?,
                 act: a.act,
             },
             residual: Residual::PreNorm,
-        });
-    }
+        })
+    };
+    let last = ctx.last_device(a.n_layers);
+    let hl = ctx.loader(ws.as_ref(), &last);
     let lm_head_present = ws.contains(&names.lm_head);
     let (unembed, tied) = if lm_head_present && !a.tied {
-        (ld.tensor(&names.lm_head, &[vocab, a.d])?, false)
+        (hl.tensor(&names.lm_head, &[vocab, a.d])?, false)
     } else if a.tied || a.format == "gguf" {
         // GGUF files omit `output.weight` exactly when the model ties it to the embedding.
         (tokens.clone(), true)
@@ -149,21 +156,24 @@ fn build(a: Arch, ws: &dyn WeightSource, names: &Names, device: &Device) -> Resu
             names.lm_head
         );
     };
-    let head = LmHead { final_norm: Some(rms(names.final_norm.clone())?), project_out: None, unembed, tied };
+    let final_norm = hl.norm(&names.final_norm, NormKind::RmsNorm, a.d, a.eps, false)?;
+    let head = LmHead { final_norm: Some(final_norm), project_out: None, unembed, tied };
     Model::assemble(
         Parts {
             family: Family::Llama,
             architecture: a.architecture,
             format: a.format,
-            source: ws.origin(),
             embed: Embeddings { tokens, positions: None, project_in: None },
-            blocks,
+            build_block: Arc::new(build_block),
+            n_layers: a.n_layers,
+            layer_windows: a.windows,
             head,
             context_length: a.max_pos,
             bos_token_id: a.bos,
             eos_token_id: a.eos,
         },
-        device,
+        ws,
+        ctx,
     )
 }
 
@@ -171,7 +181,7 @@ fn build(a: Arch, ws: &dyn WeightSource, names: &Names, device: &Device) -> Resu
 /// code below reads (on top of `hf::NEVER_NUMBER_CHANGING`).
 const LLAMA_HARMLESS: &[&str] = &["max_position_embeddings"];
 
-pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Result<Model> {
+pub(crate) fn from_hf(cfg: &ConfigJson, ws: Arc<dyn WeightSource>, ctx: &LoadCtx) -> Result<Model> {
     let path = cfg.path.display().to_string();
     let model_type = cfg.str("model_type")?.to_string();
     let d = cfg.usize("hidden_size")?;
@@ -211,7 +221,7 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
     let act = cfg.str_or_noted("hidden_act", "silu", "transformers'")?.to_string();
     // LlamaConfig, MistralConfig and Qwen2Config all default to 1e-6.
     let eps = cfg.f64_or_noted("rms_norm_eps", 1e-6, &format!("{model_type}'s"))?;
-    let tied = tie_word_embeddings(cfg, ws, "lm_head.weight", false)?;
+    let tied = tie_word_embeddings(cfg, ws.as_ref(), "lm_head.weight", false)?;
     let arch = Arch {
         d,
         n_layers,
@@ -242,7 +252,7 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
         lm_head: "lm_head.weight".into(),
         layer: hf_layer,
     };
-    let mut model = build(arch, ws, &names, device)?;
+    let mut model = build(arch, ws, names, ctx)?;
     model.info.config_notes = cfg.finish(&model_type, LLAMA_HARMLESS)?;
     Ok(model)
 }
@@ -353,7 +363,7 @@ fn sliding_windows(cfg: &ConfigJson, model_type: &str, n_layers: usize) -> Resul
     }
 }
 
-pub fn from_gguf(g: &GgufFile, device: &Device) -> Result<Model> {
+pub(crate) fn from_gguf(g: Arc<GgufFile>, ctx: &LoadCtx) -> Result<Model> {
     let origin = g.origin();
     let arch_name = g.get_str("general.architecture")?.to_string();
     let rope_style = match arch_name.as_str() {
@@ -393,7 +403,7 @@ pub fn from_gguf(g: &GgufFile, device: &Device) -> Result<Model> {
         note(format!("no `{}`; using llama.cpp's default rope theta 10000", key("rope.freq_base")));
         10000.0
     };
-    let inv_freq = gguf_inv_freq(g, &key, theta, rotary_dim)?;
+    let inv_freq = gguf_inv_freq(&g, &key, theta, rotary_dim)?;
     let eps = g.get_f32(&key("attention.layer_norm_rms_epsilon"))? as f64;
     let tok_id = |k: &str| -> Result<Option<u32>> {
         if g.get(k).is_some() { Ok(Some(g.get_u64(k)? as u32)) } else { Ok(None) }
@@ -430,8 +440,9 @@ pub fn from_gguf(g: &GgufFile, device: &Device) -> Result<Model> {
         lm_head: "output.weight".into(),
         layer: gguf_layer,
     };
-    let mut model = build(arch, g, &names, device)?;
-    model.info.weight_dtypes = g.dtype_summary();
+    let dtypes = g.dtype_summary();
+    let mut model = build(arch, g, names, ctx)?;
+    model.info.weight_dtypes = dtypes;
     model.info.config_notes = notes;
     Ok(model)
 }

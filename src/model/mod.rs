@@ -13,6 +13,7 @@ pub mod embeddings;
 pub mod head;
 pub mod layout;
 pub mod linear;
+pub mod load;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
@@ -22,19 +23,23 @@ pub mod mask;
 pub mod neox;
 pub mod opt;
 pub mod rope_config;
+pub mod stack;
 pub mod weights;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 pub use blocks::{Activation, AttnActs, Block, Embeddings, LayerCapture, Layout, LmHead, MlpActs, NormKind, Residual, RopeStyle, TreeRow};
 pub use backward::{Activations, GateGrads, Target};
 pub use blocks::BlockActs;
 pub use mask::Mask;
+pub use load::{ComputeDtype, LoadOptions, Placement, WeightsMode};
+pub use stack::{BlockRef, Stack, StreamStats};
 
 use crate::formats::gguf::GgufFile;
 use crate::formats::hf::{ConfigJson, SafetensorsWeights};
@@ -71,6 +76,10 @@ pub struct ModelInfo {
     /// Storage dtypes on disk and how many tensors have each.
     pub weight_dtypes: BTreeMap<String, usize>,
     pub compute_dtype: String,
+    /// "resident" or "stream" (`--weights`, resolved).
+    pub weights: String,
+    /// The devices the layers are placed on (`--device`), e.g. "cpu" or "cuda:0,cuda:1".
+    pub placement: String,
     pub norm: NormKind,
     pub activation: Activation,
     pub residual: Residual,
@@ -92,9 +101,9 @@ pub struct RopeInfo {
     pub theta: f64,
 }
 
-/// What [`Model::forward_layers`] calls after each block: (layer, its activation record, its
-/// head gate `[H]` or None when all heads are kept).
-pub type OnLayer<'a> = dyn FnMut(usize, BlockActs, Option<&Tensor>) -> Result<()> + 'a;
+/// What [`Model::forward_layers`] calls after each block: (layer, the block, its activation
+/// record, its head gate `[H]` or None when all heads are kept).
+pub type OnLayer<'a> = dyn FnMut(usize, &Block, BlockActs, Option<&Tensor>) -> Result<()> + 'a;
 
 /// Which captures a forward pass records, and what it recorded (one entry per layer).
 #[derive(Clone, Debug, Default)]
@@ -112,9 +121,12 @@ impl Capture {
 
 pub struct Model {
     pub info: ModelInfo,
+    /// On the first device of the placement.
     pub embed: Embeddings,
-    pub blocks: Vec<Block>,
+    pub blocks: Stack,
+    /// On the last layer's device.
     pub head: LmHead,
+    /// The input device (the first of the placement): where ids and embeddings live.
     pub device: Device,
 }
 
@@ -123,39 +135,54 @@ impl Model {
     /// checkpoint when there are no safetensors; safetensors win when both are present, as in
     /// transformers) or a GGUF file.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with(path, &LoadOptions::resident_f32(device))
+    }
+
+    /// [`Model::load`] with a compute dtype, resident or streamed weights, and a placement
+    /// over devices (load.rs).
+    pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Self> {
         if path.is_dir() {
             let cfg = ConfigJson::open(&path.join("config.json"))?;
             let has_st = path.join("model.safetensors").exists() || path.join("model.safetensors.index.json").exists();
-            let (st, pt);
-            let (ws, dtypes): (&dyn WeightSource, _) = if !has_st && crate::formats::pth::present(path) {
-                pt = crate::formats::pth::PthWeights::open(path)?;
-                (&pt, pt.dtype_summary())
+            let pth = !has_st && crate::formats::pth::present(path);
+            let (ws, dtypes): (Arc<dyn WeightSource>, _) = if pth {
+                let pt = crate::formats::pth::PthWeights::open(path)?;
+                let d = pt.dtype_summary();
+                (Arc::new(pt), d)
             } else {
-                st = SafetensorsWeights::open(path)?;
-                (&st, st.dtype_summary())
+                let st = SafetensorsWeights::open(path)?;
+                let d = st.dtype_summary();
+                (Arc::new(st), d)
             };
-            let model_type = cfg.str("model_type")?.to_string();
-            let mut model = match model_type.as_str() {
-                "opt" => opt::from_hf(&cfg, ws, device),
-                "gpt2" => gpt2::from_hf(&cfg, ws, device),
-                "gpt_neox" => neox::from_hf(&cfg, ws, device),
-                "llama" | "mistral" | "qwen2" => llama::from_hf(&cfg, ws, device),
-                other => bail!(
-                    "{}: unsupported model_type `{other}` (supported: opt, gpt2, gpt_neox, llama, mistral, qwen2)",
-                    cfg.path.display()
-                ),
-            }
-            .with_context(|| format!("loading {}", path.display()))?;
+            let mut model = Self::from_config(&cfg, ws, &dtypes, opts).with_context(|| format!("loading {}", path.display()))?;
             model.info.weight_dtypes = dtypes;
-            if !has_st && crate::formats::pth::present(path) {
+            if pth {
                 model.info.format = "hf-pytorch-bin".to_string();
             }
             Ok(model)
         } else if path.is_file() {
-            let gguf = GgufFile::open(path)?;
-            llama::from_gguf(&gguf, device).with_context(|| format!("loading {}", path.display()))
+            let gguf = Arc::new(GgufFile::open(path)?);
+            let ctx = LoadCtx::new(opts, &gguf.dtype_summary())?;
+            llama::from_gguf(gguf, &ctx).with_context(|| format!("loading {}", path.display()))
         } else {
             bail!("{}: no such file or folder (expected a Hugging Face model folder or a .gguf file)", path.display())
+        }
+    }
+
+    /// A model from a parsed config.json and any weight source (benches build random models of
+    /// real shapes this way). `stored` lists the source's storage dtypes (for `--dtype auto`).
+    pub fn from_config(cfg: &ConfigJson, ws: Arc<dyn WeightSource>, stored: &BTreeMap<String, usize>, opts: &LoadOptions) -> Result<Self> {
+        let ctx = LoadCtx::new(opts, stored)?;
+        let model_type = cfg.str("model_type")?.to_string();
+        match model_type.as_str() {
+            "opt" => opt::from_hf(cfg, ws, &ctx),
+            "gpt2" => gpt2::from_hf(cfg, ws, &ctx),
+            "gpt_neox" => neox::from_hf(cfg, ws, &ctx),
+            "llama" | "mistral" | "qwen2" => llama::from_hf(cfg, ws, &ctx),
+            other => bail!(
+                "{}: unsupported model_type `{other}` (supported: opt, gpt2, gpt_neox, llama, mistral, qwen2)",
+                cfg.path.display()
+            ),
         }
     }
 
@@ -166,9 +193,9 @@ impl Model {
     /// A copy computing in another dtype (f64 for finite-difference checks).
     pub fn to_dtype(&self, dt: candle_core::DType) -> Result<Self> {
         Ok(Self {
-            info: ModelInfo { compute_dtype: format!("{dt:?}").to_lowercase(), ..self.info.clone() },
+            info: ModelInfo { compute_dtype: dtype_name(dt), ..self.info.clone() },
             embed: self.embed.to_dtype(dt)?,
-            blocks: self.blocks.iter().map(|b| b.to_dtype(dt)).collect::<Result<_>>()?,
+            blocks: self.blocks.to_dtype(dt)?,
             head: self.head.to_dtype(dt)?,
             device: self.device.clone(),
         })
@@ -207,8 +234,8 @@ impl Model {
     /// [`Model::forward_hidden`] with explicit positions and visibility (e.g. a shared context
     /// with one branch per answer option, [`Layout::tree`]).
     pub fn forward_hidden_with(&self, ids: &Tensor, layout: &Layout, mask: Option<&Mask>, mut capture: Option<&mut Capture>) -> Result<Tensor> {
-        self.forward_layers(ids, layout, mask, false, &mut |l, acts, head_gate| match capture.as_deref_mut().and_then(|c| c.layers.get_mut(l)) {
-            Some(c) => c.record(&self.blocks[l], &acts, head_gate),
+        self.forward_layers(ids, layout, mask, false, &mut |l, block, acts, head_gate| match capture.as_deref_mut().and_then(|c| c.layers.get_mut(l)) {
+            Some(c) => c.record(block, &acts, head_gate),
             None => Ok(()),
         })
     }
@@ -227,12 +254,18 @@ impl Model {
         on_layer: &mut OnLayer<'_>,
     ) -> Result<Tensor> {
         let gates = self.head_gates(mask)?;
+        let layout_on = self.layouts_per_device(layout)?;
         let mut x = self.embed.forward(ids, layout)?;
-        for (l, block) in self.blocks.iter().enumerate() {
-            let (y, acts) = block.run(&x, layout, gates[l].as_ref(), self.ffn_gate(mask, l), keep_removed_ffn)?;
-            on_layer(l, acts, gates[l].as_ref())?;
+        let order: Vec<usize> = (0..self.n_layers()).collect();
+        self.blocks.for_each(&order, &mut |l, block| {
+            // Hidden states cross to the next device at a placement boundary (a no-op otherwise).
+            let dev = self.blocks.device(l);
+            let x_in = x.to_device(dev)?;
+            let (y, acts) = block.run(&x_in, layout_on.get(dev), gates[l].as_ref(), self.ffn_gate(mask, l), keep_removed_ffn)?;
+            on_layer(l, block, acts, gates[l].as_ref())?;
             x = y;
-        }
+            Ok(())
+        })?;
         Ok(x)
     }
 
@@ -244,7 +277,7 @@ impl Model {
         }
         (0..self.n_layers())
             .map(|l| match mask {
-                Some(m) if !m.layer_heads_all_kept(l) => blocks::gate_tensor(&m.heads[l], &self.device).map(Some),
+                Some(m) if !m.layer_heads_all_kept(l) => blocks::gate_tensor(&m.heads[l], self.blocks.device(l)).map(Some),
                 _ => Ok(None),
             })
             .collect()
@@ -255,9 +288,21 @@ impl Model {
         mask.map_or(1.0, |m| m.ffns[l])
     }
 
-    /// hidden `[..., D]` -> logits `[..., V]` (final norm, projection, unembedding).
+    /// hidden `[..., D]` -> logits `[..., V]` (final norm, projection, unembedding), on the
+    /// head's device (the last layer's).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.head.forward(hidden)
+        self.head.forward(&hidden.to_device(self.head_device())?)
+    }
+
+    /// The device of the LM head: the last layer's.
+    pub fn head_device(&self) -> &Device {
+        self.blocks.devices().last().unwrap_or(&self.device)
+    }
+
+    /// The layout moved to every device of the placement that is not the input device (its
+    /// tensors, e.g. tree visibility masks, must live where the attention runs).
+    fn layouts_per_device(&self, layout: &Layout) -> Result<PerDevice<Layout>> {
+        PerDevice::build(&self.device, layout.clone(), self.blocks.devices(), |d| layout.to_device(d))
     }
 
     /// ids `[B, T]` -> logits `[B, T, V]`.
@@ -281,9 +326,31 @@ impl Model {
         }
         let logits = self.forward(&self.batch_ids(&[ids.to_vec()])?, mask)?.get(0)?; // [T, V]
         let lp = log_softmax_last_dim(&logits.narrow(0, 0, ids.len() - 1)?)?; // [T-1, V]
-        let targets = Tensor::from_slice(&ids[1..], ids.len() - 1, &self.device)?;
+        let targets = Tensor::from_slice(&ids[1..], ids.len() - 1, logits.device())?;
         let picked = lp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?; // [T-1]
         Ok(picked.neg()?.to_vec1()?)
+    }
+}
+
+/// One value per distinct device of a placement (e.g. a layout's tensors), found by device.
+struct PerDevice<T> {
+    items: Vec<(Device, T)>,
+}
+
+impl<T> PerDevice<T> {
+    /// `first_value` lives on `first`; every other distinct device in `devices` gets `f(device)`.
+    fn build(first: &Device, first_value: T, devices: &[Device], f: impl Fn(&Device) -> Result<T>) -> Result<Self> {
+        let mut items = vec![(first.clone(), first_value)];
+        for d in devices {
+            if !items.iter().any(|(x, _)| x.same_device(d)) {
+                items.push((d.clone(), f(d)?));
+            }
+        }
+        Ok(Self { items })
+    }
+    fn get(&self, d: &Device) -> &T {
+        // `build` put every device of the placement in; the first entry is the fallback.
+        self.items.iter().find(|(x, _)| x.same_device(d)).map_or(&self.items[0].1, |(_, v)| v)
     }
 }
 
@@ -309,36 +376,86 @@ pub(crate) struct Parts {
     pub family: Family,
     pub architecture: String,
     pub format: &'static str,
-    pub source: String,
     pub embed: Embeddings,
-    pub blocks: Vec<Block>,
+    /// How to build block l; `n_layers` of them.
+    pub build_block: Arc<stack::BuildBlock>,
+    pub n_layers: usize,
+    /// Each layer's sliding window (None: full causal attention), known without its weights.
+    pub layer_windows: Vec<Option<usize>>,
     pub head: LmHead,
     pub context_length: usize,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
 }
 
+/// The load options resolved against one checkpoint: the concrete dtype, the layer devices.
+pub(crate) struct LoadCtx {
+    pub opts: LoadOptions,
+    pub dtype: DType,
+}
+
+impl LoadCtx {
+    fn new(opts: &LoadOptions, stored: &BTreeMap<String, usize>) -> Result<Self> {
+        let dtype = opts.dtype.resolve(opts.placement.first(), stored);
+        Ok(Self { opts: opts.clone(), dtype })
+    }
+    /// A loader for resident tensors on `device` (embeddings on the first device, the head on
+    /// the last).
+    pub fn loader<'a>(&'a self, ws: &'a dyn WeightSource, device: &'a Device) -> Loader<'a> {
+        Loader { ws, device, dtype: self.dtype, transient: false, read: std::cell::Cell::new(0) }
+    }
+    pub fn first_device(&self) -> &Device {
+        self.opts.placement.first()
+    }
+    /// The device the LM head lives on for a model of `n_layers`: the last layer's.
+    pub fn last_device(&self, n_layers: usize) -> Device {
+        self.opts.placement.layer_devices(n_layers).last().cloned().unwrap_or_else(|| self.first_device().clone())
+    }
+}
+
+pub(crate) fn dtype_name(dt: DType) -> String {
+    format!("{dt:?}").to_lowercase()
+}
+
 impl Model {
-    /// Builds a model and derives its [`ModelInfo`] from the assembled blocks.
-    pub(crate) fn assemble(p: Parts, device: &Device) -> Result<Self> {
-        let first = p.blocks.first().context("a model needs at least one layer")?;
+    /// Builds a model: resolves resident vs streamed, builds (resident) or samples (streamed:
+    /// layer 0 only, then dropped) the blocks, and derives [`ModelInfo`] from layer 0.
+    pub(crate) fn assemble(p: Parts, ws: Arc<dyn WeightSource>, ctx: &LoadCtx) -> Result<Self> {
+        if p.n_layers == 0 {
+            bail!("{}: a model needs at least one layer", ws.origin());
+        }
+        let devices = ctx.opts.placement.layer_devices(p.n_layers);
+        let dsize = ctx.dtype.size_in_bytes() as u64;
+        let embed_head_params = count_params(&p.embed, &[], &p.head);
+        // Layer 0 tells the architecture and the per-block size; in streamed mode it is the
+        // only block built at load.
+        let first = {
+            let ld = ctx.loader(ws.as_ref(), &devices[0]);
+            (p.build_block)(&ld, 0)?.to_dtype(ctx.dtype)?
+        };
+        let block_params = first.n_params();
+        let resident_bytes = (embed_head_params + block_params * p.n_layers) as u64 * dsize;
+        let streamed_bytes = (embed_head_params + 2 * block_params) as u64 * dsize;
+        let stream = decide_streaming(ctx, &ws.origin(), resident_bytes, streamed_bytes)?;
         let attn = &first.attn;
         let info = ModelInfo {
             family: p.family,
             architecture: p.architecture,
-            source: p.source,
+            source: ws.origin(),
             format: p.format.to_string(),
-            n_layers: p.blocks.len(),
+            n_layers: p.n_layers,
             n_heads: attn.n_heads,
             n_kv_heads: attn.n_kv_heads,
             head_dim: attn.head_dim,
             hidden: attn.o.out_features(),
             ffn_dim: first.mlp.width(),
             vocab_size: p.head.unembed.dims()[0],
-            n_params: count_params(&p.embed, &p.blocks, &p.head),
+            n_params: embed_head_params + block_params * p.n_layers,
             context_length: p.context_length,
             weight_dtypes: BTreeMap::new(),
-            compute_dtype: "f32".into(),
+            compute_dtype: dtype_name(ctx.dtype),
+            weights: if stream { "stream" } else { "resident" }.into(),
+            placement: ctx.opts.placement.spec.clone(),
             norm: first.attn_norm.kind,
             activation: first.mlp.activation(),
             residual: first.residual,
@@ -357,7 +474,76 @@ impl Model {
                 info.vocab_size
             );
         }
-        Ok(Self { info, embed: p.embed, blocks: p.blocks, head: p.head, device: device.clone() })
+        let blocks = if stream {
+            drop(first);
+            if p.layer_windows.len() != p.n_layers {
+                bail!("internal: {} sliding windows for {} layers", p.layer_windows.len(), p.n_layers);
+            }
+            let meta = p.layer_windows.iter().copied().map(|w| stack::LayerMeta { sliding_window: w, n_params: block_params }).collect();
+            Stack::streamed(meta, devices, ws, p.build_block, ctx.dtype)
+        } else {
+            let mut blocks = Vec::with_capacity(p.n_layers.min(4096));
+            blocks.push(first);
+            for (l, dev) in devices.iter().enumerate().skip(1) {
+                let ld = ctx.loader(ws.as_ref(), dev);
+                blocks.push((p.build_block)(&ld, l)?.to_dtype(ctx.dtype)?);
+            }
+            Stack::resident(blocks, devices)
+        };
+        let head_device = blocks.devices().last().cloned().unwrap_or_else(|| ctx.first_device().clone());
+        let head = p.head.to_device(&head_device)?;
+        Ok(Self { info, embed: p.embed, blocks, head, device: ctx.first_device().clone() })
+    }
+}
+
+/// Resident or streamed, from `--weights` and the memory the devices have free. Errors when
+/// even streaming does not fit, saying what was needed and what was free.
+fn decide_streaming(ctx: &LoadCtx, origin: &str, resident_bytes: u64, streamed_bytes: u64) -> Result<bool> {
+    use load::{fmt_bytes, host_available_bytes, resident_fraction};
+    let on_cpu = ctx.opts.placement.devices.iter().all(|d| d.is_cpu());
+    // Free memory is known for the host; on CUDA devices the driver reports it at allocation
+    // time (an out-of-memory error names the device), so `auto` stays resident there unless the
+    // user asks for streaming.
+    let free = if on_cpu { host_available_bytes() } else { None };
+    match ctx.opts.weights {
+        WeightsMode::Resident => Ok(false),
+        WeightsMode::Stream => {
+            if let Some(free) = free.filter(|&f| streamed_bytes > f) {
+                bail!(
+                    "{origin}: does not fit even streamed: {} needed (embeddings, LM head and two blocks in {}), {} free",
+                    fmt_bytes(streamed_bytes),
+                    dtype_name(ctx.dtype),
+                    fmt_bytes(free)
+                );
+            }
+            Ok(true)
+        }
+        WeightsMode::Auto => {
+            let Some(free) = free else { return Ok(false) };
+            let frac = resident_fraction()?;
+            if resident_bytes as f64 <= frac * free as f64 {
+                return Ok(false);
+            }
+            if streamed_bytes > free {
+                bail!(
+                    "{origin}: does not fit even streamed: {} needed (embeddings, LM head and two blocks in {}), {} free \
+                     (resident would need {})",
+                    fmt_bytes(streamed_bytes),
+                    dtype_name(ctx.dtype),
+                    fmt_bytes(free),
+                    fmt_bytes(resident_bytes)
+                );
+            }
+            eprintln!(
+                "note: {origin}: the model needs {} resident in {}, more than {:.0}% of the {} free; streaming its blocks \
+                 (--weights stream; --weights resident to override)",
+                fmt_bytes(resident_bytes),
+                dtype_name(ctx.dtype),
+                frac * 100.0,
+                fmt_bytes(free)
+            );
+            Ok(true)
+        }
     }
 }
 
@@ -388,15 +574,25 @@ pub(crate) fn find_prefix(ws: &dyn WeightSource, candidates: &[&str], probe: &st
     )
 }
 
-/// Loaders shared by the family files.
-pub(crate) struct Loader<'a> {
+/// Loaders shared by the family files: tensors by name from a source, in the compute dtype,
+/// on one device. A transient loader (streaming) releases each tensor's mapped pages once read.
+pub struct Loader<'a> {
     pub ws: &'a dyn WeightSource,
     pub device: &'a Device,
+    pub dtype: DType,
+    pub transient: bool,
+    /// Stored bytes read so far (streaming statistics).
+    pub read: std::cell::Cell<u64>,
 }
 
 impl Loader<'_> {
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.ws.load_f32(name, shape, self.device)
+        let t = self.ws.load(name, shape, self.dtype, self.device)?;
+        self.read.set(self.read.get() + self.ws.stored_bytes(name));
+        if self.transient {
+            self.ws.release(name);
+        }
+        Ok(t)
     }
     /// `{prefix}.weight` `[out, in]` and, if `bias`, `{prefix}.bias` `[out]`.
     pub fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<blocks::Linear> {

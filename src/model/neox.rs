@@ -7,15 +7,17 @@
 //!   `use_parallel_residual = false`.
 //! - Untied `embed_out` unless `tie_word_embeddings`.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
 use super::blocks::{Activation, Attention, Block, Embeddings, Linear, LmHead, Mlp, NormKind, Residual, Rope, RopeStyle};
-use super::{check_heads, find_prefix, rope_config, Family, Loader, Model, Parts};
+use super::{check_heads, find_prefix, rope_config, Family, LoadCtx, Loader, Model, Parts};
 use crate::formats::hf::ConfigJson;
 use crate::model::weights::WeightSource;
 
-pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Result<Model> {
+pub(crate) fn from_hf(cfg: &ConfigJson, ws: Arc<dyn WeightSource>, ctx: &LoadCtx) -> Result<Model> {
     let d = cfg.usize("hidden_size")?;
     let n_layers = cfg.usize("num_hidden_layers")?;
     let n_heads = cfg.usize("num_attention_heads")?;
@@ -27,7 +29,7 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
     // Absent flags mean the original (Pythia) architecture, as in GPTNeoXConfig.
     let parallel = cfg.bool_or("use_parallel_residual", true)?;
     let bias = cfg.bool_or("attention_bias", true)?;
-    let tied = super::llama::tie_word_embeddings(cfg, ws, "embed_out.weight", false)?;
+    let tied = super::llama::tie_word_embeddings(cfg, ws.as_ref(), "embed_out.weight", false)?;
     // transformers 5 writes `rope_parameters` {rope_theta, partial_rotary_factor}; 4.x wrote
     // `rope_theta` / `partial_rotary_factor` or (older) `rotary_emb_base` / `rotary_pct`.
     // Disagreeing spellings are an error (rope_config::read).
@@ -54,15 +56,18 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
         rope_cfg.theta,
         &rope_cfg.inv_freq(rotary_dim),
         max_pos.min(super::llama::MAX_ROPE_TABLE),
-        device,
+        &Device::Cpu, // each block takes its copy onto its device
     )?;
 
-    let p = find_prefix(ws, &["gpt_neox.", ""], "embed_in.weight")?;
-    let ld = Loader { ws, device };
+    let p = find_prefix(ws.as_ref(), &["gpt_neox.", ""], "embed_in.weight")?;
+    let first = ctx.first_device().clone();
+    let ld = ctx.loader(ws.as_ref(), &first);
+    let last = ctx.last_device(n_layers);
+    let hl = ctx.loader(ws.as_ref(), &last);
     let tokens = ld.tensor(&format!("{p}embed_in.weight"), &[vocab, d])?;
-    let mut blocks = Vec::with_capacity(n_layers);
-    for l in 0..n_layers {
-        let lp = format!("{p}layers.{l}");
+    let prefix = p.clone();
+    let build_block = move |ld: &Loader<'_>, l: usize| -> Result<Block> {
+        let lp = format!("{prefix}layers.{l}");
         let qkv = ld.linear(&format!("{lp}.attention.query_key_value"), 3 * d, d, bias)?;
         // Rows viewed as [H, 3, hd, D]: pick q (0), k (1) or v (2) of every head.
         let part = |i: usize| -> Result<Linear> {
@@ -73,7 +78,7 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
             };
             Ok(Linear::new(w, b))
         };
-        blocks.push(Block {
+        Ok(Block {
             attn_norm: ld.norm(&format!("{lp}.input_layernorm"), NormKind::LayerNorm, d, eps, true)?,
             attn: Attention {
                 q: part(0)?,
@@ -84,7 +89,7 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
                 n_kv_heads: n_heads,
                 head_dim: hd,
                 scale: (hd as f64).powf(-0.5),
-                rope: Some(rope.clone()),
+                rope: Some(rope.to_device(ld.device)?),
                 sliding_window: None,
             },
             ffn_norm: ld.norm(&format!("{lp}.post_attention_layernorm"), NormKind::LayerNorm, d, eps, true)?,
@@ -94,11 +99,11 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
                 act,
             },
             residual: if parallel { Residual::Parallel } else { Residual::PreNorm },
-        });
-    }
-    let unembed: Tensor = if tied { tokens.clone() } else { ld.tensor("embed_out.weight", &[vocab, d])? };
+        })
+    };
+    let unembed: Tensor = if tied { tokens.clone() } else { hl.tensor("embed_out.weight", &[vocab, d])? };
     let head = LmHead {
-        final_norm: Some(ld.norm(&format!("{p}final_layer_norm"), NormKind::LayerNorm, d, eps, true)?),
+        final_norm: Some(hl.norm(&format!("{p}final_layer_norm"), NormKind::LayerNorm, d, eps, true)?),
         project_out: None,
         unembed,
         tied,
@@ -108,15 +113,17 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
             family: Family::NeoX,
             architecture: "gpt_neox".into(),
             format: "hf",
-            source: ws.origin(),
             embed: Embeddings { tokens, positions: None, project_in: None },
-            blocks,
+            build_block: Arc::new(build_block),
+            n_layers,
+            layer_windows: vec![None; n_layers],
             head,
             context_length: max_pos,
             bos_token_id: cfg.opt_usize("bos_token_id")?.map(|x| x as u32),
             eos_token_id: cfg.opt_usize("eos_token_id")?.map(|x| x as u32),
         },
-        device,
+        ws,
+        ctx,
     )?;
     model.info.config_notes = cfg.finish("gpt_neox", &[])?;
     Ok(model)

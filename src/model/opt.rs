@@ -9,18 +9,19 @@
 //! - vocab_size is 50272 in the matrices while the tokenizer has 50265 entries: logits keep all
 //!   50272 (the authors' eval slices to 50265 before log-softmax; that is the evaluator's job).
 
+use std::sync::Arc;
+
 use anyhow::Result;
-use candle_core::Device;
 
 use super::blocks::{Activation, Attention, Block, Embeddings, LmHead, Mlp, NormKind, Residual};
-use super::{check_heads, find_prefix, Family, Loader, Model, Parts};
+use super::{check_heads, find_prefix, Family, LoadCtx, Loader, Model, Parts};
 use crate::formats::hf::ConfigJson;
 use crate::model::weights::WeightSource;
 
 /// OPT looks up learned position `pos` at row `pos + 2`.
 const POSITION_OFFSET: usize = 2;
 
-pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Result<Model> {
+pub(crate) fn from_hf(cfg: &ConfigJson, ws: Arc<dyn WeightSource>, ctx: &LoadCtx) -> Result<Model> {
     let d = cfg.usize("hidden_size")?;
     let n_layers = cfg.usize("num_hidden_layers")?;
     let n_heads = cfg.usize("num_attention_heads")?;
@@ -37,34 +38,38 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
     let hd = d / n_heads;
     let eps = 1e-5; // OPT's LayerNorms use torch's default eps.
 
-    let p = find_prefix(ws, &["model.decoder.", "decoder."], "embed_tokens.weight")?;
-    let ld = Loader { ws, device };
-    let ln = |name: &str| -> Result<super::blocks::Norm> {
+    let p = find_prefix(ws.as_ref(), &["model.decoder.", "decoder."], "embed_tokens.weight")?;
+    // A LayerNorm without affine parameters is a weight of ones and no bias.
+    let ln = move |ld: &Loader<'_>, name: &str| -> Result<super::blocks::Norm> {
         if ln_affine {
             ld.norm(name, NormKind::LayerNorm, d, eps, true)
         } else {
             Ok(super::blocks::Norm {
                 kind: NormKind::LayerNorm,
-                weight: candle_core::Tensor::ones(d, candle_core::DType::F32, device)?,
+                weight: candle_core::Tensor::ones(d, ld.dtype, ld.device)?,
                 bias: None,
                 eps,
             })
         }
     };
+    let first = ctx.first_device().clone();
+    let ld = ctx.loader(ws.as_ref(), &first);
+    let last = ctx.last_device(n_layers);
+    let hl = ctx.loader(ws.as_ref(), &last);
 
     let tokens = ld.tensor(&format!("{p}embed_tokens.weight"), &[vocab, proj])?;
     let positions = ld.tensor(&format!("{p}embed_positions.weight"), &[max_pos + POSITION_OFFSET, d])?;
     let (project_in, project_out) = if proj != d {
         (
             Some(ld.linear(&format!("{p}project_in"), d, proj, false)?),
-            Some(ld.linear(&format!("{p}project_out"), proj, d, false)?),
+            Some(hl.linear(&format!("{p}project_out"), proj, d, false)?),
         )
     } else {
         (None, None)
     };
-    let mut blocks = Vec::with_capacity(n_layers);
-    for l in 0..n_layers {
-        let lp = format!("{p}layers.{l}");
+    let prefix = p.clone();
+    let build_block = move |ld: &Loader<'_>, l: usize| -> Result<Block> {
+        let lp = format!("{prefix}layers.{l}");
         let attn = Attention {
             q: ld.linear(&format!("{lp}.self_attn.q_proj"), d, d, bias)?,
             k: ld.linear(&format!("{lp}.self_attn.k_proj"), d, d, bias)?,
@@ -77,23 +82,23 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
             rope: None,
             sliding_window: None,
         };
-        blocks.push(Block {
-            attn_norm: ln(&format!("{lp}.self_attn_layer_norm"))?,
+        Ok(Block {
+            attn_norm: ln(ld, &format!("{lp}.self_attn_layer_norm"))?,
             attn,
-            ffn_norm: ln(&format!("{lp}.final_layer_norm"))?,
+            ffn_norm: ln(ld, &format!("{lp}.final_layer_norm"))?,
             mlp: Mlp::Plain {
                 fc1: ld.linear(&format!("{lp}.fc1"), ffn, d, bias)?,
                 fc2: ld.linear(&format!("{lp}.fc2"), d, ffn, bias)?,
                 act,
             },
             residual: if pre_ln { Residual::PreNorm } else { Residual::PostNorm },
-        });
-    }
-    let final_norm = if pre_ln && !remove_final_ln { Some(ln(&format!("{p}final_layer_norm"))?) } else { None };
+        })
+    };
+    let final_norm = if pre_ln && !remove_final_ln { Some(ln(&hl, &format!("{p}final_layer_norm"))?) } else { None };
     // OPTForCausalLM's lm_head [vocab, E] shares embed_tokens unless tie_word_embeddings is
     // false, in which case the checkpoint's own `lm_head.weight` is the unembedding.
-    let tied = super::llama::tie_word_embeddings(cfg, ws, "lm_head.weight", true)?;
-    let unembed = if tied { tokens.clone() } else { ld.tensor("lm_head.weight", &[vocab, proj])? };
+    let tied = super::llama::tie_word_embeddings(cfg, ws.as_ref(), "lm_head.weight", true)?;
+    let unembed = if tied { tokens.clone() } else { hl.tensor("lm_head.weight", &[vocab, proj])? };
     let head = LmHead { final_norm, project_out, unembed, tied };
     let embed = Embeddings { tokens, positions: Some((positions, POSITION_OFFSET)), project_in };
     let mut model = Model::assemble(
@@ -101,15 +106,17 @@ pub fn from_hf(cfg: &ConfigJson, ws: &dyn WeightSource, device: &Device) -> Resu
             family: Family::Opt,
             architecture: "opt".into(),
             format: "hf",
-            source: ws.origin(),
             embed,
-            blocks,
+            build_block: Arc::new(build_block),
+            n_layers,
+            layer_windows: vec![None; n_layers],
             head,
             context_length: max_pos,
             bos_token_id: cfg.opt_usize("bos_token_id")?.map(|x| x as u32),
             eos_token_id: cfg.opt_usize("eos_token_id")?.map(|x| x as u32),
         },
-        device,
+        ws,
+        ctx,
     )?;
     model.info.config_notes = cfg.finish("opt", &[])?;
     Ok(model)

@@ -133,4 +133,8 @@ impl Rope {
     pub fn to_dtype(&self, dt: DType) -> Result<Self> {
         Ok(Self { style: self.style, rotary_dim: self.rotary_dim, theta: self.theta, cos: conv(&self.cos, dt)?, sin: conv(&self.sin, dt)? })
     }
+    /// The tables on `device` (a block placed there; a clone when already there).
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self { cos: self.cos.to_device(device)?, sin: self.sin.to_device(device)?, ..self.clone() })
+    }
 }

@@ -6,9 +6,9 @@
 //! the same layout, which is why one trait serves both.)
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
-pub trait WeightSource {
+pub trait WeightSource: Send + Sync {
     /// Where the weights live (a path), for error messages.
     fn origin(&self) -> String;
     /// Whether a tensor of this name exists.
@@ -18,6 +18,19 @@ pub trait WeightSource {
     /// Load `name` as an f32 tensor of exactly `shape` on `device`. Errors (with the file and the
     /// tensor name) when it is missing, has another shape, or has an unsupported dtype.
     fn load_f32(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor>;
+    /// Load `name` in `dtype`. Sources whose stored dtype can be taken as it is (safetensors
+    /// bf16 into bf16) override this to skip the f32 intermediate.
+    fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        Ok(self.load_f32(name, shape, device)?.to_dtype(dtype)?)
+    }
+    /// Bytes `name` takes in storage (0 when unknown): what streaming a block reads.
+    fn stored_bytes(&self, _name: &str) -> u64 {
+        0
+    }
+    /// Drop `name`'s mapped pages from this process (the file stays; a later load reads it
+    /// again). Streaming calls this after materialising a tensor so that a model larger than
+    /// memory does not accumulate in the resident set. Default: nothing to drop.
+    fn release(&self, _name: &str) {}
 }
 
 /// Random N(0, std^2) weights of whatever shape a family asks for: benchmarks at real model
