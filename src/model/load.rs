@@ -188,9 +188,13 @@ impl Default for LoadOptions {
     }
 }
 
-/// Bytes of memory available for new allocations on the host (`MemAvailable` from
-/// /proc/meminfo; None where that cannot be read).
+/// Bytes of memory available for new allocations on the host: `$HEADROOM_FREE_MEMORY_MB` when
+/// set (to plan for a smaller node, or to test the decision), else `MemAvailable` from
+/// /proc/meminfo; None where neither can be read.
 pub fn host_available_bytes() -> Option<u64> {
+    if let Some(mb) = std::env::var("HEADROOM_FREE_MEMORY_MB").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Some(mb << 20);
+    }
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
