@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 
-use crate::model::{log_softmax_last_dim, Layout, Mask, Model, TreeRow};
+use crate::model::{log_softmax_last_dim, Layout, Mask, Model, PassInput, TreeRow};
 use crate::tasks::prompt::{build_prompts, Prompt};
 use crate::tasks::{Item, Metric, SplitInfo, SplitMix64, Task, TieBreak};
 use crate::tokenizer::Tokenizer;
@@ -287,6 +287,10 @@ pub fn score(
     order.sort_by_key(|&i| (std::cmp::Reverse(plans[i].ids.len()), i));
     let mut out: Vec<Vec<OptionScore>> = vec![vec![]; plans.len()];
     let mut cost = Cost::default();
+    // Batches first (ranges of `order`), then groups of batches: with streamed weights a group
+    // goes through each block together (one materialisation per block per group); resident,
+    // a group is one batch. The batches, and so the numbers, are the same either way.
+    let mut batches: Vec<(usize, usize)> = Vec::new();
     let mut s = 0;
     while s < order.len() {
         let t = plans[order[s]].ids.len().max(1);
@@ -301,14 +305,33 @@ pub fn score(
             real += n;
             e += 1;
         }
-        let batch: Vec<&Plan> = order[s..e].iter().map(|&i| &plans[i]).collect();
-        let (scores, c) = score_batch(model, &batch, mask, &fm)?;
-        for (k, sc) in order[s..e].iter().zip(scores) {
-            out[*k] = sc;
-        }
-        cost.add(&c);
-        progress(e - s);
+        batches.push((s, e));
         s = e;
+    }
+    // Each token keeps its residual stream `[D]` alive across the group.
+    let group_tokens = crate::model::stack::group_tokens(model, model.info.hidden * model.blocks.dtype().size_in_bytes());
+    let padded = |&(s, e): &(usize, usize)| plans[order[s]].ids.len().max(1) * (e - s);
+    let mut g = 0;
+    while g < batches.len() {
+        let mut h = g + 1;
+        let mut tokens = padded(&batches[g]);
+        while h < batches.len() && tokens + padded(&batches[h]) <= group_tokens {
+            tokens += padded(&batches[h]);
+            h += 1;
+        }
+        let group: Vec<Vec<&Plan>> = batches[g..h].iter().map(|&(s, e)| order[s..e].iter().map(|&i| &plans[i]).collect()).collect();
+        let inputs: Vec<(Tensor, Layout)> = group.iter().map(|b| batch_input(model, b)).collect::<Result<_>>()?;
+        let passes: Vec<PassInput<'_>> = inputs.iter().map(|(ids, layout)| PassInput { ids, layout, mask }).collect();
+        let hiddens = model.forward_layers_group(&passes, false, &mut |_, _, _, _, _| Ok(()))?;
+        for ((batch, &(s, e)), hidden) in group.iter().zip(&batches[g..h]).zip(hiddens) {
+            let (scores, c) = score_hidden(model, batch, hidden, &fm)?;
+            for (k, sc) in order[s..e].iter().zip(scores) {
+                out[*k] = sc;
+            }
+            cost.add(&c);
+            progress(e - s);
+        }
+        g = h;
     }
     for e in examples {
         cost.naive_tokens += e.options.iter().map(|o| o.ids.len() - 1).sum::<usize>();
@@ -318,7 +341,8 @@ pub fn score(
     Ok((out, cost))
 }
 
-fn score_batch(model: &Model, batch: &[&Plan], mask: Option<&Mask>, fm: &FlopModel) -> Result<(Vec<Vec<OptionScore>>, Cost)> {
+/// One batch of tree rows as model input: ids `[B, T]` (right-padded) and its tree layout.
+fn batch_input(model: &Model, batch: &[&Plan]) -> Result<(Tensor, Layout)> {
     let dev = &model.device;
     let b = batch.len();
     let t = batch.iter().map(|p| p.ids.len()).max().unwrap_or(0).max(1);
@@ -330,7 +354,16 @@ fn score_batch(model: &Model, batch: &[&Plan], mask: Option<&Mask>, fm: &FlopMod
     let rows: Vec<TreeRow> = batch.iter().map(|p| p.row.clone()).collect();
     let ids = Tensor::from_vec(flat, (b, t), dev)?;
     let layout = Layout::tree(&rows, t, model.info.sliding_window, dev)?;
-    let hidden = model.forward_hidden_with(&ids, &layout, mask, None)?; // [B, T, D]
+    Ok((ids, layout))
+}
+
+/// Scores one batch from the residual stream after its last block, hidden `[B, T, D]`:
+/// logits only at the rows that predict an option token.
+fn score_hidden(model: &Model, batch: &[&Plan], hidden: Tensor, fm: &FlopModel) -> Result<(Vec<Vec<OptionScore>>, Cost)> {
+    let b = batch.len();
+    let t = batch.iter().map(|p| p.ids.len()).max().unwrap_or(0).max(1);
+    let dev = hidden.device().clone();
+    let dev = &dev;
     let d = hidden.dim(D::Minus1)?;
     let hidden = hidden.reshape((b * t, d))?;
     let mut index = Vec::new();
@@ -346,7 +379,7 @@ fn score_batch(model: &Model, batch: &[&Plan], mask: Option<&Mask>, fm: &FlopMod
     let n = index.len();
     let picked = hidden.index_select(&Tensor::from_vec(index, n, dev)?, 0)?; // [N, D]
     let lp = log_softmax_last_dim(&model.logits(&picked)?)?; // [N, V]
-    let tgt = Tensor::from_vec(target.clone(), (n, 1), dev)?;
+    let tgt = Tensor::from_vec(target.clone(), (n, 1), lp.device())?;
     let ll: Vec<f32> = lp.gather(&tgt, 1)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec1()?;
     let am: Vec<u32> = lp.argmax(D::Minus1)?.to_vec1()?;
     let mut out = Vec::with_capacity(b);

@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Layout, Mask, Model, Target};
+use crate::model::{Activations, GradInput, Layout, Mask, Model, PassInput, Target};
 use crate::tokenizer::Tokenizer;
 
 /// Where the absolute value is taken.
@@ -258,62 +258,95 @@ pub fn accumulate(
     let mut per_example: Vec<ExampleContribution> = if keep { vec![Default::default(); prompts.len()] } else { vec![] };
     let mut done = 0;
     let mut tokens_done = 0u64;
-    for chunk in order.chunks(opts.batch_size) {
-        let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| [prompts[i].context.clone(), prompts[i].continuation.clone()].concat()).collect();
-        let targets: Vec<Target> = chunk
+    let chunks: Vec<&[usize]> = order.chunks(opts.batch_size).collect();
+    // Streamed weights: a group of batches goes through each block together (one
+    // materialisation per block per group); resident: one batch at a time, as before. The
+    // batches and their numbers are the same either way.
+    // Each token keeps its residual stream and (recomputing) one saved input per block.
+    let dsize = model.blocks.dtype().size_in_bytes();
+    let group_tokens = crate::model::stack::group_tokens(model, (model.n_layers() + 2) * model.info.hidden * dsize);
+    let mut groups: Vec<&[&[usize]]> = Vec::new();
+    let mut rest = &chunks[..];
+    while !rest.is_empty() {
+        let mut n = 1;
+        let mut tokens = batch_tokens(prompts, rest[0]);
+        while n < rest.len() && tokens + batch_tokens(prompts, rest[n]) <= group_tokens {
+            tokens += batch_tokens(prompts, rest[n]);
+            n += 1;
+        }
+        groups.push(&rest[..n]);
+        rest = &rest[n..];
+    }
+    for group in groups {
+        let mut batches = Vec::with_capacity(group.len());
+        for chunk in group {
+            let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| [prompts[i].context.clone(), prompts[i].continuation.clone()].concat()).collect();
+            let targets: Vec<Target> = chunk
+                .iter()
+                .enumerate()
+                .map(|(row, &i)| Target { row, start: prompts[i].context.len(), len: prompts[i].continuation.len() })
+                .collect();
+            batches.push((model.batch_ids(&seqs)?, targets));
+        }
+        let inputs: Vec<GradInput<'_>> = batches
             .iter()
-            .enumerate()
-            .map(|(row, &i)| Target { row, start: prompts[i].context.len(), len: prompts[i].continuation.len() })
+            .map(|(ids, targets)| GradInput { pass: PassInput { ids, layout: &Layout::Causal, mask: opts.mask.as_ref() }, targets })
             .collect();
-        let ids = model.batch_ids(&seqs)?;
-        let grads = model.gate_gradients(&ids, &Layout::Causal, opts.mask.as_ref(), &targets)?;
-        let mut batch_heads = vec![0f64; l_n * h_n];
-        let mut batch_ffns = vec![0f64; l_n];
-        for l in 0..l_n {
-            let hd: Vec<Vec<Vec<f32>>> = to_f32(&grads.head_dot[l])?.to_vec3()?; // [B, H, T]
-            let fd: Vec<Vec<f32>> = to_f32(&grads.ffn_dot[l])?.to_vec2()?; // [B, T]
-            for (row, &i) in chunk.iter().enumerate() {
-                let n = prompts[i].len();
-                for h in 0..h_n {
-                    let toks = &hd[row][h][..n];
-                    let v = reduce(toks, opts.abs_mode);
-                    batch_heads[l * h_n + h] += v;
+        let all = model.gate_gradients_group(&inputs, Activations::default())?;
+        for (chunk, grads) in group.iter().zip(all) {
+            let mut batch_heads = vec![0f64; l_n * h_n];
+            let mut batch_ffns = vec![0f64; l_n];
+            for l in 0..l_n {
+                let hd: Vec<Vec<Vec<f32>>> = to_f32(&grads.head_dot[l])?.to_vec3()?; // [B, H, T]
+                let fd: Vec<Vec<f32>> = to_f32(&grads.ffn_dot[l])?.to_vec2()?; // [B, T]
+                for (row, &i) in chunk.iter().enumerate() {
+                    let n = prompts[i].len();
+                    for h in 0..h_n {
+                        let toks = &hd[row][h][..n];
+                        let v = reduce(toks, opts.abs_mode);
+                        batch_heads[l * h_n + h] += v;
+                        if keep {
+                            per_example[i].head_abs.resize(l_n * h_n, 0.0);
+                            per_example[i].head_abs[l * h_n + h] = v as f32;
+                        }
+                    }
+                    let v = reduce(&fd[row][..n], opts.abs_mode);
+                    batch_ffns[l] += v;
                     if keep {
-                        per_example[i].head_abs.resize(l_n * h_n, 0.0);
-                        per_example[i].head_abs[l * h_n + h] = v as f32;
+                        per_example[i].ffn_abs.resize(l_n, 0.0);
+                        per_example[i].ffn_abs[l] = v as f32;
                     }
                 }
-                let v = reduce(&fd[row][..n], opts.abs_mode);
-                batch_ffns[l] += v;
+            }
+            if opts.abs_mode == AbsMode::PerBatch {
+                // reduce() returned signed sums: the abs is of the whole batch's sum.
+                batch_heads.iter_mut().chain(batch_ffns.iter_mut()).for_each(|x| *x = x.abs());
+            }
+            sums.head_abs.iter_mut().zip(&batch_heads).for_each(|(a, b)| *a += b);
+            sums.ffn_abs.iter_mut().zip(&batch_ffns).for_each(|(a, b)| *a += b);
+            for (&i, loss) in chunk.iter().zip(&grads.losses) {
+                let (n, ty) = (prompts[i].len() as u64, prompts[i].continuation.len() as u64);
+                sums.examples += 1;
+                sums.tokens += n;
+                sums.tokens_minus_one += n - 1;
+                sums.label_tokens += ty;
+                sums.loss_sum += loss;
+                tokens_done += n;
                 if keep {
-                    per_example[i].ffn_abs.resize(l_n, 0.0);
-                    per_example[i].ffn_abs[l] = v as f32;
+                    per_example[i].tokens = n as u32;
+                    per_example[i].label_tokens = ty as u32;
                 }
             }
+            done += chunk.len();
+            progress(done, tokens_done);
         }
-        if opts.abs_mode == AbsMode::PerBatch {
-            // reduce() returned signed sums: the abs is of the whole batch's sum.
-            batch_heads.iter_mut().chain(batch_ffns.iter_mut()).for_each(|x| *x = x.abs());
-        }
-        sums.head_abs.iter_mut().zip(&batch_heads).for_each(|(a, b)| *a += b);
-        sums.ffn_abs.iter_mut().zip(&batch_ffns).for_each(|(a, b)| *a += b);
-        for (&i, loss) in chunk.iter().zip(&grads.losses) {
-            let (n, ty) = (prompts[i].len() as u64, prompts[i].continuation.len() as u64);
-            sums.examples += 1;
-            sums.tokens += n;
-            sums.tokens_minus_one += n - 1;
-            sums.label_tokens += ty;
-            sums.loss_sum += loss;
-            tokens_done += n;
-            if keep {
-                per_example[i].tokens = n as u32;
-                per_example[i].label_tokens = ty as u32;
-            }
-        }
-        done += chunk.len();
-        progress(done, tokens_done);
     }
     Ok((sums, keep.then_some(per_example)))
+}
+
+/// Padded tokens of one batch (its longest prompt times its size).
+fn batch_tokens(prompts: &[TokenizedPrompt], chunk: &[usize]) -> usize {
+    chunk.iter().map(|&i| prompts[i].len()).max().unwrap_or(0) * chunk.len()
 }
 
 fn to_f32(t: &Tensor) -> Result<Tensor> {

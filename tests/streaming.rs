@@ -219,3 +219,37 @@ fn cli_weights_and_placement_decisions() {
         assert!(err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// `headroom eval` on the default model: resident, streamed one batch per group (a 0 MB group
+/// budget), streamed with every batch in one group (the default budget), and streamed over
+/// `cpu,cpu` write the same per-example log-likelihoods.
+#[test]
+fn cli_eval_streamed_in_groups_matches_resident() {
+    let Some(_) = common::default_model() else { return };
+    let Some(_) = common::task_data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str], group_mb: Option<&str>| {
+        let out = tmp.path().join(name);
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_headroom"));
+        c.args(extra).args(["eval", "--task", "copa", "--shots", "0", "--limit", "12", "--batch-size", "2", "--out"]).arg(&out);
+        if let Some(mb) = group_mb {
+            c.env("HEADROOM_STREAM_GROUP_MB", mb);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{name}: {err}");
+        (std::fs::read_to_string(out.join("copa.0shot.examples.jsonl")).unwrap(), err)
+    };
+    let (want, _) = run("resident", &["--weights", "resident"], None);
+    assert!(want.lines().count() == 12, "{want}");
+    let (got, err) = run("stream", &["--weights", "stream"], Some("0"));
+    assert_eq!(got, want, "streamed, one batch per group");
+    // 6 batches of 2 examples, each its own group: six passes over the 30 blocks.
+    let blocks: usize = err.split("streamed ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert_eq!(blocks, 6 * 30, "expected one group per batch: {err}");
+    let (got, err) = run("grouped", &["--weights", "stream"], None);
+    assert_eq!(got, want, "streamed, all batches in one group");
+    assert!(err.contains("streamed 30 blocks"), "expected one group: {err}");
+    let (got, _) = run("placed", &["--weights", "stream", "--device", "cpu,cpu"], None);
+    assert_eq!(got, want, "streamed on cpu,cpu");
+}

@@ -14,11 +14,11 @@
 //! FFN gate multiplies the branch output. The "dot" of a gate at token t is
 //! <o_t, dL/d(g o)_t> (= dL/dg_t for a per-token gate), what importance scores sum.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
 
 use super::blocks::{BlockActs, Layout};
-use super::{Mask, Model};
+use super::{Mask, Model, PassInput};
 
 /// The tokens of one example whose log-likelihood is the loss: positions `start..start+len` of
 /// batch row `row` (each predicted from the position before it).
@@ -27,6 +27,13 @@ pub struct Target {
     pub row: usize,
     pub start: usize,
     pub len: usize,
+}
+
+/// One input of [`Model::gate_gradients_group`]: the pass and its loss targets.
+#[derive(Clone, Copy)]
+pub struct GradInput<'a> {
+    pub pass: PassInput<'a>,
+    pub targets: &'a [Target],
 }
 
 /// Everything one backward pass yields.
@@ -78,21 +85,76 @@ impl Model {
     }
 
     pub fn gate_gradients_with(&self, ids: &Tensor, layout: &Layout, mask: Option<&Mask>, targets: &[Target], policy: Activations) -> Result<GateGrads> {
-        let (b, t) = ids.dims2()?;
+        let input = GradInput { pass: PassInput { ids, layout, mask }, targets };
+        let mut out = self.gate_gradients_group(std::slice::from_ref(&input), policy)?;
+        out.pop().context("internal: a group of one input gave no gradients")
+    }
+
+    /// [`Model::gate_gradients_with`] for several inputs at once, layer-major in both
+    /// directions (the forward and the backward each visit every block once for the whole
+    /// group): identical numbers to one call per input, and what makes importance affordable
+    /// with streamed weights. The activation policy applies to the group as a whole.
+    pub fn gate_gradients_group(&self, inputs: &[GradInput<'_>], policy: Activations) -> Result<Vec<GateGrads>> {
+        let dims: Vec<(usize, usize)> = inputs.iter().map(|i| i.pass.ids.dims2()).collect::<candle_core::Result<_>>()?;
         let keep = match policy {
             Activations::Keep => true,
             Activations::Recompute => false,
-            Activations::Auto { budget_bytes } => self.block_activation_bytes(b, t) * self.n_layers() <= budget_bytes,
+            Activations::Auto { budget_bytes } => {
+                dims.iter().map(|&(b, t)| self.block_activation_bytes(b, t)).sum::<usize>() * self.n_layers() <= budget_bytes
+            }
         };
-        let gates = self.head_gates(mask)?;
-        let ffn_gate = |l: usize| self.ffn_gate(mask, l);
+        let gates: Vec<Vec<Option<Tensor>>> = inputs.iter().map(|i| self.head_gates(i.pass.mask)).collect::<Result<_>>()?;
         // Forward through the model's one layer loop, keeping each block's activation record
-        // or only its input (resid_pre).
-        let mut saved: Vec<Result<BlockActs, Tensor>> = Vec::with_capacity(self.n_layers());
-        let x = self.forward_layers(ids, layout, mask, keep, &mut |_, _, acts, _| {
-            saved.push(if keep { Ok(acts) } else { Err(acts.resid_pre) });
+        // or only its input (resid_pre), per input.
+        let mut saved: Vec<Vec<Result<BlockActs, Tensor>>> = inputs.iter().map(|_| Vec::with_capacity(self.n_layers())).collect();
+        let passes: Vec<PassInput<'_>> = inputs.iter().map(|i| i.pass).collect();
+        let xs = self.forward_layers_group(&passes, keep, &mut |k, _, _, acts, _| {
+            saved[k].push(if keep { Ok(acts) } else { Err(acts.resid_pre) });
             Ok(())
         })?;
+        let mut dxs = Vec::with_capacity(inputs.len());
+        let mut losses = Vec::with_capacity(inputs.len());
+        for (input, x) in inputs.iter().zip(xs) {
+            let (l, dx) = self.loss_and_input_grad(&x, input.pass.ids, input.targets)?;
+            losses.push(l);
+            dxs.push(dx);
+        }
+        // Blocks in reverse (streamed: materialised again, in reverse), dropping each block's
+        // activations once used; the gradient crosses devices at placement boundaries.
+        let n_in = inputs.len();
+        let mut head_dot: Vec<Vec<Option<Tensor>>> = vec![vec![None; self.n_layers()]; n_in];
+        let mut ffn_dot: Vec<Vec<Option<Tensor>>> = vec![vec![None; self.n_layers()]; n_in];
+        let order: Vec<usize> = (0..self.n_layers()).rev().collect();
+        let layouts: Vec<_> = inputs.iter().map(|i| self.layouts_per_device(i.pass.layout)).collect::<Result<_>>()?;
+        self.blocks.for_each(&order, &mut |l, block| {
+            let dev = self.blocks.device(l);
+            for k in 0..n_in {
+                let dy = dxs[k].to_device(dev)?;
+                let (g, fg, lay) = (gates[k][l].as_ref(), self.ffn_gate(inputs[k].pass.mask, l), layouts[k].get(dev));
+                let gr = match saved[k].pop() {
+                    Some(Ok(acts)) => block.backward(&acts, lay, g, fg, &dy)?,
+                    Some(Err(input)) => block.backward_recompute(&input, lay, g, fg, &dy)?,
+                    None => bail!("internal: missing saved activations for layer {l}"),
+                };
+                dxs[k] = gr.dx;
+                head_dot[k][l] = Some(gr.head_dot);
+                ffn_dot[k][l] = Some(gr.ffn_dot);
+            }
+            Ok(())
+        })?;
+        Ok(head_dot
+            .into_iter()
+            .zip(ffn_dot)
+            .zip(losses)
+            .map(|((h, f), losses)| GateGrads { head_dot: h.into_iter().flatten().collect(), ffn_dot: f.into_iter().flatten().collect(), losses })
+            .collect())
+    }
+
+    /// The loss at the target tokens and its gradient with respect to the residual stream
+    /// after the last block: x `[B, T, D]` -> (per-target losses, dx `[B, T, D]`).
+    /// Logits are computed only at the positions that predict target tokens.
+    fn loss_and_input_grad(&self, x: &Tensor, ids: &Tensor, targets: &[Target]) -> Result<(Vec<f64>, Tensor)> {
+        let (b, t) = ids.dims2()?;
         // Loss rows: position p predicts token p + 1.
         let ids_host: Vec<Vec<u32>> = ids.to_vec2()?;
         let mut rows = Vec::new();
@@ -134,30 +196,7 @@ impl Model {
         )?;
         let dlogits = (logp.exp()? - onehot)?.broadcast_mul(&w)?;
         let dh = self.head.backward(&h, &dlogits)?; // [N, D]
-        let mut dx = Tensor::zeros((b * t, d), x.dtype(), &hdev)?.index_add(&rows_t, &dh, 0)?.reshape((b, t, d))?;
-        // Blocks in reverse (streamed: materialised again, in reverse), dropping each block's
-        // activations once used; the gradient crosses devices at placement boundaries.
-        let mut head_dot = vec![None; self.n_layers()];
-        let mut ffn_dot = vec![None; self.n_layers()];
-        let order: Vec<usize> = (0..self.n_layers()).rev().collect();
-        let layouts = self.layouts_per_device(layout)?;
-        self.blocks.for_each(&order, &mut |l, block| {
-            let dev = self.blocks.device(l);
-            let dy = dx.to_device(dev)?;
-            let gr = match saved.pop() {
-                Some(Ok(acts)) => block.backward(&acts, layouts.get(dev), gates[l].as_ref(), ffn_gate(l), &dy)?,
-                Some(Err(input)) => block.backward_recompute(&input, layouts.get(dev), gates[l].as_ref(), ffn_gate(l), &dy)?,
-                None => bail!("internal: missing saved activations for layer {l}"),
-            };
-            dx = gr.dx;
-            head_dot[l] = Some(gr.head_dot);
-            ffn_dot[l] = Some(gr.ffn_dot);
-            Ok(())
-        })?;
-        Ok(GateGrads {
-            head_dot: head_dot.into_iter().flatten().collect(),
-            ffn_dot: ffn_dot.into_iter().flatten().collect(),
-            losses,
-        })
+        let dx = Tensor::zeros((b * t, d), x.dtype(), &hdev)?.index_add(&rows_t, &dh, 0)?.reshape((b, t, d))?;
+        Ok((losses, dx))
     }
 }

@@ -35,7 +35,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 pub use blocks::{Activation, AttnActs, Block, Embeddings, LayerCapture, Layout, LmHead, MlpActs, NormKind, Residual, RopeStyle, TreeRow};
-pub use backward::{Activations, GateGrads, Target};
+pub use backward::{Activations, GateGrads, GradInput, Target};
 pub use blocks::BlockActs;
 pub use mask::Mask;
 pub use load::{ComputeDtype, LoadOptions, Placement, WeightsMode};
@@ -104,6 +104,17 @@ pub struct RopeInfo {
 /// What [`Model::forward_layers`] calls after each block: (layer, the block, its activation
 /// record, its head gate `[H]` or None when all heads are kept).
 pub type OnLayer<'a> = dyn FnMut(usize, &Block, BlockActs, Option<&Tensor>) -> Result<()> + 'a;
+
+/// [`Model::forward_layers_group`]'s callback: (input index, layer, block, record, head gate).
+pub type OnGroupLayer<'a> = dyn FnMut(usize, usize, &Block, BlockActs, Option<&Tensor>) -> Result<()> + 'a;
+
+/// One input of a group pass: ids `[B, T]`, its layout, its mask.
+#[derive(Clone, Copy)]
+pub struct PassInput<'a> {
+    pub ids: &'a Tensor,
+    pub layout: &'a Layout,
+    pub mask: Option<&'a Mask>,
+}
 
 /// Which captures a forward pass records, and what it recorded (one entry per layer).
 #[derive(Clone, Debug, Default)]
@@ -240,11 +251,12 @@ impl Model {
         })
     }
 
-    /// The one layer loop (forward, capture, the gradient pass and induction all use it):
-    /// ids `[B, T]` -> residual stream after the last block `[B, T, D]`, each block run by
-    /// [`Block::run`]. `on_layer(l, acts, head_gate)` receives block l's activation record as
-    /// soon as it is made and decides what to keep; dropping it keeps one layer's activations
-    /// alive at a time. `keep_removed_ffn` computes FFNs whose gate is 0 (for their gradient).
+    /// The one layer loop for one input (forward, capture, the gradient pass and induction all
+    /// use it): ids `[B, T]` -> residual stream after the last block `[B, T, D]`, each block run
+    /// by [`Block::run`]. `on_layer(l, block, acts, head_gate)` receives block l's activation
+    /// record as soon as it is made and decides what to keep; dropping it keeps one layer's
+    /// activations alive at a time. `keep_removed_ffn` computes FFNs whose gate is 0 (for their
+    /// gradient).
     pub fn forward_layers(
         &self,
         ids: &Tensor,
@@ -253,20 +265,34 @@ impl Model {
         keep_removed_ffn: bool,
         on_layer: &mut OnLayer<'_>,
     ) -> Result<Tensor> {
-        let gates = self.head_gates(mask)?;
-        let layout_on = self.layouts_per_device(layout)?;
-        let mut x = self.embed.forward(ids, layout)?;
+        let input = PassInput { ids, layout, mask };
+        let mut out = self.forward_layers_group(std::slice::from_ref(&input), keep_removed_ffn, &mut |_, l, block, acts, g| on_layer(l, block, acts, g))?;
+        out.pop().context("internal: a group of one input gave no output")
+    }
+
+    /// [`Model::forward_layers`] over several inputs, layer-major: every input goes through
+    /// block l before block l + 1 runs. Resident, this is the same work in another order (the
+    /// numbers are identical); streamed, each block is materialised once for the whole group
+    /// instead of once per input, which is what makes streaming affordable. Memory: every
+    /// input's residual stream `[B, T, D]` is alive at once. `on_layer(input, l, ...)`.
+    pub fn forward_layers_group(&self, inputs: &[PassInput<'_>], keep_removed_ffn: bool, on_layer: &mut OnGroupLayer<'_>) -> Result<Vec<Tensor>> {
+        let gates: Vec<Vec<Option<Tensor>>> = inputs.iter().map(|i| self.head_gates(i.mask)).collect::<Result<_>>()?;
+        let layouts: Vec<PerDevice<Layout>> = inputs.iter().map(|i| self.layouts_per_device(i.layout)).collect::<Result<_>>()?;
+        let mut xs: Vec<Tensor> = inputs.iter().map(|i| self.embed.forward(i.ids, i.layout)).collect::<Result<_>>()?;
         let order: Vec<usize> = (0..self.n_layers()).collect();
         self.blocks.for_each(&order, &mut |l, block| {
-            // Hidden states cross to the next device at a placement boundary (a no-op otherwise).
             let dev = self.blocks.device(l);
-            let x_in = x.to_device(dev)?;
-            let (y, acts) = block.run(&x_in, layout_on.get(dev), gates[l].as_ref(), self.ffn_gate(mask, l), keep_removed_ffn)?;
-            on_layer(l, block, acts, gates[l].as_ref())?;
-            x = y;
+            for (k, input) in inputs.iter().enumerate() {
+                // Hidden states cross to the next device at a placement boundary (no-op otherwise).
+                let x_in = xs[k].to_device(dev)?;
+                let g = gates[k][l].as_ref();
+                let (y, acts) = block.run(&x_in, layouts[k].get(dev), g, self.ffn_gate(input.mask, l), keep_removed_ffn)?;
+                on_layer(k, l, block, acts, g)?;
+                xs[k] = y;
+            }
             Ok(())
         })?;
-        Ok(x)
+        Ok(xs)
     }
 
     /// Per layer, the head gate tensor `[H]`, or None when the mask keeps every head of that

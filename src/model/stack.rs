@@ -101,6 +101,14 @@ impl Stack {
     pub fn is_empty(&self) -> bool {
         self.meta.is_empty()
     }
+    /// The dtype blocks compute in (streamed: what they are materialised in; resident: layer
+    /// 0's weights).
+    pub fn dtype(&self) -> DType {
+        match &self.store {
+            Store::Resident(b) => b.first().map_or(DType::F32, |b| b.attn.o.weight.dtype()),
+            Store::Streamed { dtype, .. } => *dtype,
+        }
+    }
     pub fn is_streamed(&self) -> bool {
         matches!(self.store, Store::Streamed { .. })
     }
@@ -257,4 +265,20 @@ fn materialise(source: &dyn WeightSource, build: &BuildBlock, dtype: DType, devi
         );
     }
     Ok((block, ld.read.get()))
+}
+
+/// How many tokens a group of batches may hold when streaming, given what each token keeps
+/// alive across the whole pass (`bytes_per_token`: its residual stream, plus its saved block
+/// inputs for a gradient pass). 0 when the blocks are resident (no grouping: one batch at a
+/// time, as before). The budget is `$HEADROOM_STREAM_GROUP_MB`, else a quarter of the free host
+/// memory capped at 2 GiB: more tokens per group means fewer passes over the checkpoint.
+pub fn group_tokens(model: &super::Model, bytes_per_token: usize) -> usize {
+    if !model.blocks.is_streamed() {
+        return 0;
+    }
+    let budget = match std::env::var("HEADROOM_STREAM_GROUP_MB").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(mb) => mb << 20,
+        None => (super::load::host_available_bytes().unwrap_or(8 << 30) / 4).min(2 << 30),
+    };
+    (budget / bytes_per_token.max(1) as u64) as usize
 }
