@@ -253,3 +253,26 @@ fn cli_eval_streamed_in_groups_matches_resident() {
     let (got, _) = run("placed", &["--weights", "stream", "--device", "cpu,cpu"], None);
     assert_eq!(got, want, "streamed on cpu,cpu");
 }
+
+/// Induction scores (prefix matching over the layer loop, copying over the direct path)
+/// streamed in groups of sequences equal the resident ones.
+#[test]
+fn induction_scores_streamed_match_resident() {
+    use headroom::induction::{copying, prefix_matching, CopyMode, InductionSeq, PrefixMode};
+    for variant in ["opt_postln", "llama_gqa", "gguf/tiny_llama.gguf"] {
+        let resident = load(variant, WeightsMode::Resident, "cpu");
+        let streamed = load(variant, WeightsMode::Stream, "cpu,cpu");
+        let v = resident.info.vocab_size as u32;
+        let seqs: Vec<InductionSeq> = (0..3u32).map(|s| InductionSeq::new(Some(1), &[(5 + s) % v, (9 + 2 * s) % v, (13 + s) % v], 4)).collect();
+        let p0 = prefix_matching(&resident, &seqs, PrefixMode::default(), &mut |_| {}).unwrap();
+        let p1 = prefix_matching(&streamed, &seqs, PrefixMode::default(), &mut |_| {}).unwrap();
+        assert_eq!(p0.prefix.per_sequence, p1.prefix.per_sequence, "{variant}: prefix matching");
+        assert_eq!(p0.tl_induction.per_sequence, p1.tl_induction.per_sequence, "{variant}: TL induction");
+        assert!(p0.prefix.per_sequence.iter().flatten().any(|&x| x != 0.0));
+        let c0 = copying(&resident, &seqs, CopyMode::default(), &mut |_| {}).unwrap();
+        let c1 = copying(&streamed, &seqs, CopyMode::default(), &mut |_| {}).unwrap();
+        assert_eq!(c0.per_sequence, c1.per_sequence, "{variant}: copying");
+        // All three sequences fit one group: each block materialised once per stage.
+        assert_eq!(streamed.blocks.stream_stats().unwrap().blocks, 2 * streamed.n_layers(), "{variant}");
+    }
+}

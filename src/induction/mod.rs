@@ -98,7 +98,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::model::{Capture, Layout, Model};
+use crate::model::{Block, Capture, Layout, Model, PassInput};
 use crate::tokenizer::Tokenizer;
 
 // ------------------------------------------------------------------------------------------------
@@ -429,31 +429,37 @@ fn head_slice(buf: &[f32], h: usize, t: usize) -> &[f32] {
 /// called after each sequence (progress).
 pub fn prefix_matching(model: &Model, seqs: &[InductionSeq], mode: PrefixMode, on_sequence: &mut dyn FnMut(usize)) -> Result<PrefixScores> {
     let (nl, nh) = (model.n_layers(), model.n_heads());
-    let mut prefix = Vec::with_capacity(seqs.len());
-    let mut tl = Vec::with_capacity(seqs.len());
+    let mut prefix = vec![vec![0.0; nl * nh]; seqs.len()];
+    let mut tl = vec![vec![0.0; nl * nh]; seqs.len()];
     for (s, seq) in seqs.iter().enumerate() {
         check_fits(model, seq)?;
-        let t = seq.ids.len();
-        if t != seq.offset + 4 * seq.len {
+        if seq.ids.len() != seq.offset + 4 * seq.len {
             bail!("prefix-matching sequence {s} is not [BOS] + X repeated 4 times");
         }
-        let ids = model.batch_ids(std::slice::from_ref(&seq.ids))?;
-        let mut row = vec![0.0; nl * nh];
-        let mut row_tl = vec![0.0; nl * nh];
+    }
+    // Resident: one sequence at a time. Streamed: groups of sequences go through each block
+    // together (each keeps its residual stream `[T, D]`), one materialisation per block.
+    let per_token = model.info.hidden * model.blocks.dtype().size_in_bytes();
+    let mut done = 0;
+    for group in sequence_groups(seqs, crate::model::stack::group_tokens(model, per_token)) {
+        let ids: Vec<Tensor> = group.clone().map(|s| model.batch_ids(std::slice::from_ref(&seqs[s].ids))).collect::<Result<_>>()?;
+        let passes: Vec<PassInput<'_>> = ids.iter().map(|ids| PassInput { ids, layout: &Layout::Causal, mask: None }).collect();
         // The model's own layer loop; each layer's record is dropped after scoring, so only one
-        // layer's attention `[1, H, T, T]` is held at once.
-        model.forward_layers(&ids, &Layout::Causal, None, false, &mut |l, _, acts, _| {
+        // layer's attention `[1, H, T, T]` per sequence is held at once.
+        model.forward_layers_group(&passes, false, &mut |k, l, _, acts, _| {
+            let s = group.start + k;
+            let seq = &seqs[s];
+            let t = seq.ids.len();
             let buf: Vec<f32> = acts.attn.pattern.flatten_all()?.to_vec1()?;
             for h in 0..nh {
                 let a = head_slice(&buf, h, t);
-                row[l * nh + h] = prefix_score(a, t, seq.offset, seq.len, mode);
-                row_tl[l * nh + h] = tl_induction_score(a, &seq.ids);
+                prefix[s][l * nh + h] = prefix_score(a, t, seq.offset, seq.len, mode);
+                tl[s][l * nh + h] = tl_induction_score(a, &seq.ids);
             }
             Ok(())
         })?;
-        prefix.push(row);
-        tl.push(row_tl);
-        on_sequence(s + 1);
+        done += group.len();
+        on_sequence(done);
     }
     Ok(PrefixScores {
         prefix: HeadScores { n_layers: nl, n_heads: nh, per_sequence: prefix },
@@ -461,11 +467,35 @@ pub fn prefix_matching(model: &Model, seqs: &[InductionSeq], mode: PrefixMode, o
     })
 }
 
+/// Consecutive ranges of sequences holding at most `max_tokens` tokens (at least one sequence
+/// each; `max_tokens` 0 = one sequence per range).
+fn sequence_groups(seqs: &[InductionSeq], max_tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < seqs.len() {
+        let mut end = start + 1;
+        let mut tokens = seqs[start].ids.len();
+        while end < seqs.len() && tokens + seqs[end].ids.len() <= max_tokens {
+            tokens += seqs[end].ids.len();
+            end += 1;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
 /// The direct path of layer `l` on one sequence (module docs): the attention pattern `[H, T, T]`
 /// and the direct-path logits `[H, T, T]` (`z[h][j][k]` = logit of `ids[k]` from head h's output
 /// at row j), for the given copying mode.
 pub fn direct_path(model: &Model, l: usize, ids: &[u32], mode: CopyMode) -> Result<(Tensor, Tensor)> {
     let block = model.blocks.get(l).with_context(|| format!("layer {l} out of range"))?;
+    direct_path_of(model, &block, l, ids, mode)
+}
+
+/// [`direct_path`] with layer `l`'s block already at hand (streamed models materialise it once
+/// for many sequences).
+fn direct_path_of(model: &Model, block: &Block, l: usize, ids: &[u32], mode: CopyMode) -> Result<(Tensor, Tensor)> {
     let attn = &block.attn;
     let (h, hd) = (attn.n_heads, attn.head_dim);
     let idt = model.batch_ids(&[ids.to_vec()])?; // [1, T]
@@ -511,22 +541,31 @@ pub fn direct_path(model: &Model, l: usize, ids: &[u32], mode: CopyMode) -> Resu
 /// is called after each sequence.
 pub fn copying(model: &Model, seqs: &[InductionSeq], mode: CopyMode, on_sequence: &mut dyn FnMut(usize)) -> Result<HeadScores> {
     let (nl, nh) = (model.n_layers(), model.n_heads());
-    let mut per_sequence = Vec::with_capacity(seqs.len());
-    for (s, seq) in seqs.iter().enumerate() {
+    for seq in seqs {
         check_fits(model, seq)?;
-        let t = seq.ids.len();
-        let mut row = vec![0.0; nl * nh];
-        for l in 0..nl {
-            let (probs, z) = direct_path(model, l, &seq.ids, mode)?;
-            let a: Vec<f32> = probs.flatten_all()?.to_vec1()?;
-            let z: Vec<f32> = z.flatten_all()?.to_vec1()?;
+    }
+    let mut per_sequence = vec![vec![0.0; nl * nh]; seqs.len()];
+    // Layer-major over groups of sequences: resident, a group is one sequence; streamed, each
+    // block is materialised once per group rather than once per sequence.
+    let per_token = model.info.hidden * model.blocks.dtype().size_in_bytes();
+    let order: Vec<usize> = (0..nl).collect();
+    let mut done = 0;
+    for group in sequence_groups(seqs, crate::model::stack::group_tokens(model, per_token)) {
+        model.blocks.for_each(&order, &mut |l, block| {
             let window = model.blocks.meta(l).sliding_window;
-            for h in 0..nh {
-                row[l * nh + h] = copy_score(head_slice(&a, h, t), head_slice(&z, h, t), t, window, mode);
+            for s in group.clone() {
+                let t = seqs[s].ids.len();
+                let (probs, z) = direct_path_of(model, block, l, &seqs[s].ids, mode)?;
+                let a: Vec<f32> = probs.flatten_all()?.to_vec1()?;
+                let z: Vec<f32> = z.flatten_all()?.to_vec1()?;
+                for h in 0..nh {
+                    per_sequence[s][l * nh + h] = copy_score(head_slice(&a, h, t), head_slice(&z, h, t), t, window, mode);
+                }
             }
-        }
-        per_sequence.push(row);
-        on_sequence(s + 1);
+            Ok(())
+        })?;
+        done += group.len();
+        on_sequence(done);
     }
     Ok(HeadScores { n_layers: nl, n_heads: nh, per_sequence })
 }
