@@ -71,7 +71,14 @@ fn every_readme_command_names_real_flags() {
     let mut help_of = std::collections::HashMap::new();
     let mut bad = Vec::new();
     for cmd in &cmds {
-        let Some(sub) = cmd.split_whitespace().nth(1) else { continue };
+        // The subcommand: the first word after `headroom` that is not a global flag or its
+        // value (`headroom --weights stream eval ...`); global flags show in every --help.
+        let words: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+        let mut i = 0;
+        while i < words.len() && words[i].starts_with("--") {
+            i += if words[i].contains('=') { 1 } else { 2 };
+        }
+        let Some(&sub) = words.get(i) else { continue };
         if sub.starts_with('-') || sub == "<command>" {
             continue;
         }
