@@ -57,8 +57,8 @@ fn main() {
             ));
         }
         // Work: forward + input-gradient backward (~ one more forward), plus a recomputed forward
-        // when the activations exceed the keep budget (Activations::default()).
-        let keep = match headroom::model::Activations::default() {
+        // when the activations exceed the keep budget (Model::activation_policy).
+        let keep = match m.activation_policy() {
             headroom::model::Activations::Auto { budget_bytes } => m.block_activation_bytes(b, t) * m.n_layers() <= budget_bytes,
             a => a == headroom::model::Activations::Keep,
         };

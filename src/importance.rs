@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Activations, GradInput, Layout, Mask, Model, PassInput, Target};
+use crate::model::{GradInput, Layout, Mask, Model, PassInput, Target};
 use crate::tokenizer::Tokenizer;
 
 /// Where the absolute value is taken.
@@ -292,7 +292,7 @@ pub fn accumulate(
             .iter()
             .map(|(ids, targets)| GradInput { pass: PassInput { ids, layout: &Layout::Causal, mask: opts.mask.as_ref() }, targets })
             .collect();
-        let all = model.gate_gradients_group(&inputs, Activations::default())?;
+        let all = model.gate_gradients_group(&inputs, model.activation_policy())?;
         for (chunk, grads) in group.iter().zip(all) {
             let mut batch_heads = vec![0f64; l_n * h_n];
             let mut batch_ffns = vec![0f64; l_n];

@@ -58,11 +58,24 @@ pub enum Activations {
 }
 
 impl Default for Activations {
-    /// 1 GiB, or $HEADROOM_ACTIVATION_BUDGET_MB.
+    /// `$HEADROOM_ACTIVATION_BUDGET_MB`, else a quarter of the free host memory (at least
+    /// 1 GiB), else 1 GiB. For a model on the host; [`Model::activation_policy`] picks by device.
     fn default() -> Self {
-        let mb = std::env::var("HEADROOM_ACTIVATION_BUDGET_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1024);
-        Self::Auto { budget_bytes: mb << 20 }
+        Self::Auto { budget_bytes: activation_budget(true) }
     }
+}
+
+/// The keep budget: `$HEADROOM_ACTIVATION_BUDGET_MB`, else on the host a quarter of the free
+/// memory (at least 1 GiB: what the fixed budget was), else 1 GiB (a GPU's free memory is not
+/// read here). Keeping is faster than recomputing (no second forward of each block), so the
+/// budget should be as large as memory allows: the default model at 4 x 256 needs ~1.2 GB, just
+/// over the old fixed 1 GiB.
+fn activation_budget(on_host: bool) -> usize {
+    if let Some(mb) = std::env::var("HEADROOM_ACTIVATION_BUDGET_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
+        return mb << 20;
+    }
+    let free = if on_host { super::load::host_available_bytes() } else { None };
+    free.map_or(1 << 30, |f| ((f / 4) as usize).max(1 << 30))
 }
 
 impl Model {
@@ -81,7 +94,14 @@ impl Model {
     /// target's mean NLL (so every example is its own loss, whatever the batch holds).
     /// Logits are computed only at the positions that predict target tokens.
     pub fn gate_gradients(&self, ids: &Tensor, layout: &Layout, mask: Option<&Mask>, targets: &[Target]) -> Result<GateGrads> {
-        self.gate_gradients_with(ids, layout, mask, targets, Activations::default())
+        self.gate_gradients_with(ids, layout, mask, targets, self.activation_policy())
+    }
+
+    /// Keep activations when they fit the budget for this model's devices, else recompute.
+    /// Streamed models cap it at 2 GiB: their memory is also holding two blocks in flight.
+    pub fn activation_policy(&self) -> Activations {
+        let budget = activation_budget(self.blocks.devices().iter().all(|d| d.is_cpu()));
+        Activations::Auto { budget_bytes: if self.blocks.is_streamed() { budget.min(2 << 30) } else { budget } }
     }
 
     pub fn gate_gradients_with(&self, ids: &Tensor, layout: &Layout, mask: Option<&Mask>, targets: &[Target], policy: Activations) -> Result<GateGrads> {
