@@ -39,18 +39,24 @@ pub struct StreamStats {
     pub materialise: Duration,
     /// Wall time the computing thread waited for a block (materialising not hidden by compute).
     pub waited: Duration,
+    /// Wall time the computing thread spent running blocks.
+    pub compute: Duration,
 }
 
 impl StreamStats {
     pub fn summary(&self) -> String {
         let gb = self.bytes_read as f64 / 1e9;
         let secs = self.materialise.as_secs_f64();
+        let per = |d: Duration| d.as_secs_f64() / self.blocks.max(1) as f64;
         format!(
-            "streamed {} blocks: {:.2} GB read and materialised in {:.1}s ({:.2} GB/s), {:.1}s of it not hidden behind compute",
+            "streamed {} blocks: {:.2} GB read and materialised in {:.1}s ({:.2} GB/s); per block {:.2}s materialising, \
+             {:.2}s computing; {:.1}s of materialising not hidden behind compute",
             self.blocks,
             gb,
             secs,
             if secs > 0.0 { gb / secs } else { 0.0 },
+            per(self.materialise),
+            per(self.compute),
             self.waited.as_secs_f64()
         )
     }
@@ -224,7 +230,10 @@ impl Stack {
                     st.materialise += took;
                     st.waited += waited;
                 }
-                if let Err(e) = f(l, &block) {
+                let t = Instant::now();
+                let r = f(l, &block);
+                stats.lock().unwrap_or_else(|e| e.into_inner()).compute += t.elapsed();
+                if let Err(e) = r {
                     result = Err(e);
                     break;
                 }
