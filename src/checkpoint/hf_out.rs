@@ -100,7 +100,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     };
     let x: f64 = num.parse().map_err(|_| anyhow!("size `{s}`: expected a number with an optional unit, e.g. 5GB"))?;
     let bytes = x * mult as f64;
-    if !(bytes.is_finite() && bytes >= 1.0 && bytes < 1e18) {
+    if !(1.0..1e18).contains(&bytes) {
         bail!("size `{s}` should be at least 1 byte and below an exabyte");
     }
     Ok(bytes as u64)
