@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{fill_rows, partial, prepare_out, Arch, Shape, Written, CHUNK_VALUES};
+use super::{for_each_chunk, partial, prepare_out, Arch, Shape, Written};
 use crate::formats::gguf::{alignment_of, encode_header, quantize_bytes, GgmlType, GgufFile, GgufValue, TensorHeader};
 
 /// Options of [`write_gguf`].
@@ -161,7 +161,7 @@ pub fn write_gguf(shape: &Shape, o: &GgufOptions, out: &Path, progress: &mut dyn
     let mut w = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let werr = |e: std::io::Error| anyhow!("{}: cannot write: {e}", tmp.display());
     w.write_all(&header).map_err(werr)?;
-    let (mut vals, mut pos, mut done) = (Vec::new(), 0u64, 0u64);
+    let (mut pos, mut done) = (0u64, 0u64);
     progress(0, total);
     for ((s, h), off) in specs.iter().zip(&headers).zip(&offsets) {
         // Zero padding up to this tensor's aligned offset (less than `align` bytes).
@@ -169,23 +169,15 @@ pub fn write_gguf(shape: &Shape, o: &GgufOptions, out: &Path, progress: &mut dyn
         pos = *off;
         let hd = shape.head_dim();
         let permute = shape.arch == Arch::Llama && (s.name.ends_with("q_proj.weight") || s.name.ends_with("k_proj.weight"));
-        let rows_per_chunk = (CHUNK_VALUES / s.row_len().max(1)).max(1);
-        let n_rows = s.n_rows();
-        let mut r = 0;
-        while r < n_rows {
-            let end = (r + rows_per_chunk).min(n_rows);
-            if permute {
-                fill_rows(s, o.seed, o.std, (r..end).map(|x| permuted_row(x, hd)), &mut vals);
-            } else {
-                fill_rows(s, o.seed, o.std, r..end, &mut vals);
-            }
-            let bytes = quantize_bytes(h.dtype, &vals).with_context(|| format!("tensor `{}`", h.name))?;
+        let source_row = |r: usize| if permute { permuted_row(r, hd) } else { r };
+        for_each_chunk(s, o.seed, o.std, &source_row, &mut |vals| {
+            let bytes = quantize_bytes(h.dtype, vals).with_context(|| format!("tensor `{}`", h.name))?;
             w.write_all(&bytes).map_err(werr)?;
             pos += bytes.len() as u64;
             done += bytes.len() as u64;
             progress(done, total);
-            r = end;
-        }
+            Ok(())
+        })?;
     }
     // The file ends on the alignment, as GgufWriter::to_bytes pads it.
     w.write_all(&vec![0u8; (data_len.div_ceil(align) * align - pos) as usize]).map_err(werr)?;
@@ -193,13 +185,7 @@ pub fn write_gguf(shape: &Shape, o: &GgufOptions, out: &Path, progress: &mut dyn
     drop(w);
     std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} into place", tmp.display()))?;
     let len = std::fs::metadata(out).with_context(|| format!("cannot stat {}", out.display()))?.len();
-    Ok(Written {
-        files: vec![(out.to_path_buf(), len)],
-        total_bytes: len,
-        n_tensors: specs.len(),
-        n_params: shape.n_params(),
-        tokenizer: o.tokenizer_from.clone(),
-    })
+    Ok(Written::new(vec![(out.to_path_buf(), len)], shape, o.tokenizer_from.clone()))
 }
 
 #[cfg(test)]

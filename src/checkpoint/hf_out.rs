@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{fill_rows, partial, prepare_out, Arch, Shape, TensorSpec, Written, CHUNK_VALUES};
+use super::{for_each_chunk, partial, prepare_out, Arch, Shape, TensorSpec, Written};
 use crate::tokenizer::Tokenizer;
 
 /// Tokenizer files of a Hugging Face folder that `--tokenizer-from` copies (when present).
@@ -144,35 +144,6 @@ fn safetensors_header(specs: &[&TensorSpec], dtype: HfDtype) -> Result<Vec<u8>> 
         h.push(' ');
     }
     Ok(h.into_bytes())
-}
-
-/// Streams one tensor's values to `w`, `CHUNK_VALUES` (whole rows) at a time.
-#[allow(clippy::too_many_arguments)]
-fn stream_tensor(
-    w: &mut File,
-    path: &Path,
-    spec: &TensorSpec,
-    o: &HfOptions,
-    vals: &mut Vec<f32>,
-    bytes: &mut Vec<u8>,
-    done: &mut u64,
-    total: u64,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<()> {
-    let rows_per_chunk = (CHUNK_VALUES / spec.row_len().max(1)).max(1);
-    let n_rows = spec.n_rows();
-    let mut r = 0;
-    while r < n_rows {
-        let end = (r + rows_per_chunk).min(n_rows);
-        fill_rows(spec, o.seed, o.std, r..end, vals);
-        bytes.clear();
-        o.dtype.encode(vals, bytes);
-        w.write_all(bytes).with_context(|| format!("{}: cannot write", path.display()))?;
-        *done += bytes.len() as u64;
-        progress(*done, total);
-        r = end;
-    }
-    Ok(())
 }
 
 /// Sorts every object's keys (transformers writes config.json with `sort_keys=True`), whichever
@@ -315,7 +286,7 @@ pub fn write_hf(shape: &Shape, o: &HfOptions, out: &Path, progress: &mut dyn FnM
 
     let mut files = Vec::new();
     let mut weight_map = BTreeMap::new();
-    let (mut vals, mut bytes) = (Vec::new(), Vec::new());
+    let mut bytes = Vec::new();
     let mut done = 0u64;
     progress(0, total);
     for (i, idx) in shards.iter().enumerate() {
@@ -328,7 +299,14 @@ pub fn write_hf(shape: &Shape, o: &HfOptions, out: &Path, progress: &mut dyn FnM
             .and_then(|_| w.write_all(&header))
             .with_context(|| format!("{}: cannot write", tmp.display()))?;
         for s in &members {
-            stream_tensor(&mut w, &tmp, s, o, &mut vals, &mut bytes, &mut done, total, progress)?;
+            for_each_chunk(s, o.seed, o.std, &|r| r, &mut |vals| {
+                bytes.clear();
+                o.dtype.encode(vals, &mut bytes);
+                w.write_all(&bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+                done += bytes.len() as u64;
+                progress(done, total);
+                Ok(())
+            })?;
             weight_map.insert(s.name.clone(), file_name(i));
         }
         w.sync_all().with_context(|| format!("{}: cannot flush", tmp.display()))?;
@@ -360,13 +338,7 @@ pub fn write_hf(shape: &Shape, o: &HfOptions, out: &Path, progress: &mut dyn FnM
             files.push((dst, len));
         }
     }
-    Ok(Written {
-        total_bytes: files.iter().map(|(_, b)| b).sum(),
-        files,
-        n_tensors: specs.len(),
-        n_params: shape.n_params(),
-        tokenizer: o.tokenizer_from.clone(),
-    })
+    Ok(Written::new(files, shape, o.tokenizer_from.clone()))
 }
 
 #[cfg(test)]

@@ -85,6 +85,41 @@ pub struct Written {
     pub tokenizer: Option<PathBuf>,
 }
 
+impl Written {
+    fn new(files: Vec<(PathBuf, u64)>, shape: &Shape, tokenizer: Option<PathBuf>) -> Self {
+        Written {
+            total_bytes: files.iter().map(|(_, b)| b).sum(),
+            files,
+            n_tensors: shape.tensors().len(),
+            n_params: shape.n_params(),
+            tokenizer,
+        }
+    }
+}
+
+/// Generates `spec` a chunk of whole rows (about `CHUNK_VALUES` values) at a time and hands each
+/// chunk to `sink`; output row `r` holds source row `source_row(r)` (see [`fill_rows`]). The one
+/// buffer is reused, so memory stays at one chunk whatever the tensor's size.
+fn for_each_chunk(
+    spec: &TensorSpec,
+    seed: u64,
+    std: f32,
+    source_row: &dyn Fn(usize) -> usize,
+    sink: &mut dyn FnMut(&[f32]) -> Result<()>,
+) -> Result<()> {
+    let rows_per_chunk = (CHUNK_VALUES / spec.row_len().max(1)).max(1);
+    let n_rows = spec.n_rows();
+    let mut vals = Vec::new();
+    let mut r = 0;
+    while r < n_rows {
+        let end = (r + rows_per_chunk).min(n_rows);
+        fill_rows(spec, seed, std, (r..end).map(source_row), &mut vals);
+        sink(&vals)?;
+        r = end;
+    }
+    Ok(())
+}
+
 /// FNV-1a of a tensor name: the per-tensor stream key (stable across platforms and versions).
 fn name_key(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))

@@ -92,6 +92,12 @@ pub struct MakeCheckpointArgs {
     force: bool,
 }
 
+/// The writer chosen by `--format`, with its options.
+enum Job {
+    Hf(HfOptions),
+    Gguf(GgufOptions),
+}
+
 pub fn run(a: MakeCheckpointArgs) -> Result<()> {
     let overrides = Overrides {
         layers: a.layers,
@@ -110,8 +116,7 @@ pub fn run(a: MakeCheckpointArgs) -> Result<()> {
         let b = bar.get_or_insert_with(|| headroom::progress::bar(total.div_ceil(1 << 20) as usize, "writing MiB"));
         b.set_position(done >> 20);
     };
-    let kind;
-    let written = match a.format {
+    let (kind, job) = match a.format {
         Format::Hf => {
             if a.quant.is_some() {
                 bail!("--quant is for --format gguf; a Hugging Face folder takes --dtype f32|f16|bf16");
@@ -121,7 +126,6 @@ pub fn run(a: MakeCheckpointArgs) -> Result<()> {
                 Dtype::F16 => HfDtype::F16,
                 Dtype::Bf16 => HfDtype::Bf16,
             };
-            kind = format!("Hugging Face folder, {}", format!("{dtype:?}").to_lowercase());
             let o = HfOptions {
                 dtype,
                 shard_size: checkpoint::parse_size(&a.shard_size)?,
@@ -130,8 +134,7 @@ pub fn run(a: MakeCheckpointArgs) -> Result<()> {
                 tokenizer_from: a.tokenizer_from.clone(),
                 force: a.force,
             };
-            eprintln!("writing {} ({} parameters) as a {kind} to {}", shape.describe(), shape.n_params(), a.out.display());
-            checkpoint::write_hf(&shape, &o, &a.out, &mut progress)?
+            (format!("Hugging Face folder, {}", format!("{dtype:?}").to_lowercase()), Job::Hf(o))
         }
         Format::Gguf => {
             if a.dtype.is_some() {
@@ -145,11 +148,14 @@ pub fn run(a: MakeCheckpointArgs) -> Result<()> {
                 Quant::Q4_0 => GgmlType::Q4_0,
                 Quant::Q4_1 => GgmlType::Q4_1,
             };
-            kind = format!("GGUF, {}", quant.name());
             let o = GgufOptions { quant, seed: a.seed, std: a.std, tokenizer_from: a.tokenizer_from.clone(), force: a.force };
-            eprintln!("writing {} ({} parameters) as a {kind} to {}", shape.describe(), shape.n_params(), a.out.display());
-            checkpoint::write_gguf(&shape, &o, &a.out, &mut progress)?
+            (format!("GGUF, {}", quant.name()), Job::Gguf(o))
         }
+    };
+    eprintln!("writing {} ({} parameters) as a {kind} to {}", shape.describe(), shape.n_params(), a.out.display());
+    let written = match job {
+        Job::Hf(o) => checkpoint::write_hf(&shape, &o, &a.out, &mut progress)?,
+        Job::Gguf(o) => checkpoint::write_gguf(&shape, &o, &a.out, &mut progress)?,
     };
     if let Some(b) = bar {
         b.finish_and_clear();
