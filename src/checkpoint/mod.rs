@@ -26,7 +26,7 @@ mod hf_out;
 mod shapes;
 
 pub use gguf_out::{write_gguf, GgufOptions};
-pub use hf_out::{parse_size, write_hf, HfDtype, HfOptions};
+pub use hf_out::{config_json, parse_size, write_hf, HfDtype, HfOptions};
 pub use shapes::{Arch, Overrides, Shape, SHAPE_NAMES};
 
 use std::path::{Path, PathBuf};

@@ -333,11 +333,16 @@ mod tests {
 
     #[test]
     fn published_parameter_counts() {
-        // Rounded counts from the model cards / `num_parameters()`.
+        // transformers 5.24 `num_parameters()` of each written config.json (built on the meta device).
         for (name, n) in [
             ("opt-125m", 125_239_296u64),
             ("opt-350m", 331_196_416),
             ("opt-1.3b", 1_315_758_080),
+            ("opt-2.7b", 2_651_596_800),
+            ("opt-6.7b", 6_658_473_984),
+            ("opt-13b", 12_853_473_280),
+            ("opt-30b", 29_974_540_288),
+            ("opt-66b", 65_719_701_504),
             ("smollm2-135m", 134_515_008),
             ("llama-3-8b", 8_030_261_248),
             ("llama-13b-shape", 13_015_864_320),
