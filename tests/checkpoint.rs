@@ -209,10 +209,11 @@ fn tensor_values_do_not_depend_on_the_shard_size() {
     }
 }
 
-/// A tokenizer folder with `n` tokens (vocab.json + an empty merges.txt).
+/// A tokenizer folder with `n` tokens (vocab.json + an empty merges.txt), `</s>` at id 7.
 fn tokenizer_dir(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..n).map(|i| (format!("t{i}"), i.into())).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..n).map(|i| (if i == 7 { "</s>".to_string() } else { format!("t{i}") }, i.into())).collect();
     std::fs::write(dir.join("vocab.json"), serde_json::to_string(&vocab).unwrap()).unwrap();
     std::fs::write(dir.join("merges.txt"), "#version: 0.2\n").unwrap();
 }
@@ -228,6 +229,10 @@ fn tokenizers_are_copied() {
     let w = write_hf(&shape, &o, &out, &mut |_, _| {}).unwrap();
     assert!(w.tokenizer.is_some());
     assert_eq!(Tokenizer::for_model(&out).unwrap().vocab_size(), 200);
+    // The config's special ids are the copied tokenizer's (OPT-style: bos = eos = `</s>`).
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!((&cfg["bos_token_id"], &cfg["eos_token_id"]), (&7.into(), &7.into()));
+    assert_eq!(Model::load(&out, &Device::Cpu).unwrap().info.eos_token_id, Some(7));
     load_and_check(&out, &shape);
 
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/gguf/tiny_llama.gguf");
@@ -295,4 +300,10 @@ fn cli_writes_and_refuses_bad_input_with_exit_2() {
     let (code, err) = run(&["--shape", "llama-3-8b", "--format", "gguf", "--dtype", "f16", "--out", &p("d.gguf")]);
     assert_eq!(code, 2);
     assert!(err.contains("--quant"), "{err}");
+    let (code, err) = run(&["--shape", "llama-3-8b", "--format", "gguf", "--shard-size", "1GB", "--out", &p("d.gguf")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--shard-size is for --format hf"), "{err}");
+    let (code, err) = run(&["--shape", "llama-3-8b", "--shard-size", "5 parsecs", "--out", &p("d")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown unit"), "{err}");
 }

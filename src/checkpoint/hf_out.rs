@@ -239,8 +239,8 @@ pub fn config_json(shape: &Shape, dtype: HfDtype) -> Value {
 }
 
 /// The tokenizer folder `dir`, checked: it holds a tokenizer headroom can build, with no more
-/// tokens than `vocab`. Returns the tokenizer files present.
-fn check_tokenizer_dir(dir: &Path, vocab: usize) -> Result<Vec<&'static str>> {
+/// tokens than `vocab`. Returns the tokenizer files present and the tokenizer's bos / eos ids.
+fn check_tokenizer_dir(dir: &Path, vocab: usize) -> Result<(Vec<&'static str>, Option<u32>, Option<u32>)> {
     if !dir.is_dir() {
         bail!(
             "--tokenizer-from {}: expected a Hugging Face model folder with tokenizer files (a GGUF's tokenizer can only \
@@ -257,7 +257,8 @@ fn check_tokenizer_dir(dir: &Path, vocab: usize) -> Result<Vec<&'static str>> {
             tok.vocab_size()
         );
     }
-    Ok(TOKENIZER_FILES.iter().copied().filter(|f| dir.join(f).is_file()).collect())
+    let files = TOKENIZER_FILES.iter().copied().filter(|f| dir.join(f).is_file()).collect();
+    Ok((files, tok.bos_id(), tok.eos_id()))
 }
 
 /// Writes a random checkpoint of `shape` as a Hugging Face folder `out`. `progress(done, total)`
@@ -267,8 +268,15 @@ pub fn write_hf(shape: &Shape, o: &HfOptions, out: &Path, progress: &mut dyn FnM
     if !(o.std.is_finite() && o.std >= 0.0) {
         bail!("--std {} should be a finite number >= 0", o.std);
     }
+    // With a tokenizer, config.json's bos / eos are the tokenizer's (the shape's own when it has none).
+    let mut config_shape = shape.clone();
     let tok_files = match &o.tokenizer_from {
-        Some(dir) => check_tokenizer_dir(dir, shape.vocab)?,
+        Some(dir) => {
+            let (files, bos, eos) = check_tokenizer_dir(dir, shape.vocab)?;
+            config_shape.bos = bos.or(shape.bos);
+            config_shape.eos = eos.or(shape.eos);
+            files
+        }
         None => Vec::new(),
     };
     prepare_out(out, true, o.force)?;
@@ -329,7 +337,7 @@ pub fn write_hf(shape: &Shape, o: &HfOptions, out: &Path, progress: &mut dyn FnM
         });
         write_json("model.safetensors.index.json", &sorted(index))?;
     }
-    write_json("config.json", &config_json(shape, o.dtype))?;
+    write_json("config.json", &config_json(&config_shape, o.dtype))?;
     if let Some(dir) = &o.tokenizer_from {
         for f in &tok_files {
             let dst = out.join(f);

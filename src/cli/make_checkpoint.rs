@@ -77,9 +77,9 @@ pub struct MakeCheckpointArgs {
     /// Standard deviation of the random weights (norm weights are 1, biases 0).
     #[arg(long, default_value_t = 0.02)]
     std: f32,
-    /// Largest safetensors shard (hub style: 5GB = 5e9 bytes; MiB/GiB for binary units).
-    #[arg(long, default_value = "5GB")]
-    shard_size: String,
+    /// Largest safetensors shard (hub style: 5GB = 5e9 bytes, the default; MiB/GiB for binary units).
+    #[arg(long)]
+    shard_size: Option<String>,
     /// Copy the tokenizer of this model: an HF folder's tokenizer files (HF output) or a GGUF's
     /// `tokenizer.*` metadata (GGUF output). Without it only `inspect` and library use work.
     #[arg(long)]
@@ -128,7 +128,7 @@ pub fn run(a: MakeCheckpointArgs) -> Result<()> {
             };
             let o = HfOptions {
                 dtype,
-                shard_size: checkpoint::parse_size(&a.shard_size)?,
+                shard_size: checkpoint::parse_size(a.shard_size.as_deref().unwrap_or("5GB"))?,
                 seed: a.seed,
                 std: a.std,
                 tokenizer_from: a.tokenizer_from.clone(),
@@ -139,6 +139,9 @@ pub fn run(a: MakeCheckpointArgs) -> Result<()> {
         Format::Gguf => {
             if a.dtype.is_some() {
                 bail!("--dtype is for --format hf; a GGUF takes --quant f32|f16|bf16|q8_0|q4_0|q4_1");
+            }
+            if a.shard_size.is_some() {
+                bail!("--shard-size is for --format hf; a GGUF is written as one file");
             }
             let quant = match a.quant.unwrap_or(Quant::Q8_0) {
                 Quant::F32 => GgmlType::F32,
