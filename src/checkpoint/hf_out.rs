@@ -283,7 +283,11 @@ pub fn write_hf(shape: &Shape, o: &HfOptions, out: &Path, progress: &mut dyn FnM
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
 
     let specs = shape.tensors();
-    let sizes: Vec<u64> = specs.iter().map(|s| (s.numel() as u64).checked_mul(o.dtype.size() as u64)).collect::<Option<_>>()
+    // Bytes of each tensor's data: the offsets in every header follow from these alone.
+    let sizes: Vec<u64> = specs
+        .iter()
+        .map(|s| (s.numel() as u64).checked_mul(o.dtype.size() as u64))
+        .collect::<Option<_>>()
         .ok_or_else(|| anyhow!("shape {}: tensor sizes overflow", shape.name))?;
     let total: u64 = sizes.iter().sum();
     let shards = plan_shards(&sizes, o.shard_size);
