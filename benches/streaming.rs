@@ -92,7 +92,7 @@ fn random_checkpoint(shape: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-checkpoints").join(format!("{shape}-bf16"));
     if !dir.join("config.json").exists() {
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_headroom"))
-            .args(["make-checkpoint", "--shape", shape, "--format", "hf", "--dtype", "bf16", "--force", "--out"])
+            .args(["make-checkpoint", "--shape", shape, "--format", "hf", "--weight-dtype", "bf16", "--force", "--out"])
             .arg(&dir)
             .status()
             .expect("headroom make-checkpoint");

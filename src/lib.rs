@@ -9,6 +9,7 @@
 //! - [`plots`]: SVG + PNG figures (heatmaps, bars, curves) from plain data.
 //! - [`induction`]: prefix-matching and copying scores, capacity curves, induction-head ablation.
 //! - [`assets`]: the pinned default assets (`headroom fetch`).
+//! - [`checkpoint`]: seeded random checkpoints of real model shapes (HF folders, GGUF), streamed.
 //! - [`io`]: JSONL reading with line numbers, atomic writes.
 //! - [`runs`]: run folders (manifest, hashed units, resume, shards, merge).
 //! - [`prune`]: rankings, cumulative masks, sweeps, FFN oracle, inflection points;
@@ -22,6 +23,7 @@
 //! Every stage is a function over plain data; the binary in `src/main.rs` is a thin CLI.
 
 pub mod assets;
+pub mod checkpoint;
 pub mod compare;
 pub mod eval;
 pub mod formats;

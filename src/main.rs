@@ -54,6 +54,8 @@ enum Command {
     Induction(cli::induction::InductionArgs),
     /// Print a model's architecture: family, layers, heads, sizes, parameters, dtypes.
     Inspect(cli::inspect::InspectArgs),
+    /// Write a seeded random checkpoint of a named model shape (HF folder or GGUF), streaming.
+    MakeCheckpoint(cli::make_checkpoint::MakeCheckpointArgs),
     /// Join shard run folders (from `--shard i/N` or a Slurm job array) into one.
     Merge(cli::merge::MergeArgs),
     /// The paper's pruning experiments as one resumable, shardable run: importance, rankings,
@@ -92,7 +94,13 @@ fn run(cli: Cli) -> Result<()> {
     });
     let runs_model = !matches!(
         cli.command,
-        Command::Compare(_) | Command::Fetch(_) | Command::Merge(_) | Command::Prompts(_) | Command::Report(_) | Command::Tasks(_)
+        Command::Compare(_)
+            | Command::Fetch(_)
+            | Command::MakeCheckpoint(_)
+            | Command::Merge(_)
+            | Command::Prompts(_)
+            | Command::Report(_)
+            | Command::Tasks(_)
     );
     if !runs_model && (cli.dtype != "auto" || cli.weights != "auto") {
         anyhow::bail!("--dtype and --weights apply to commands that run a model; this command runs none");
@@ -106,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Importance(a) => cli::importance::run(a, dev),
         Command::Induction(a) => cli::induction::run(a, dev),
         Command::Inspect(a) => cli::inspect::run(a, dev),
+        Command::MakeCheckpoint(a) => cli::make_checkpoint::run(a),
         Command::Merge(a) => cli::merge::run(a),
         Command::Prune(a) => cli::prune::run(a, dev),
         Command::InductionAblate(a) => cli::induction_ablate::run(a, dev),

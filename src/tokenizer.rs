@@ -499,6 +499,28 @@ impl Tokenizer {
     pub fn add_bos(&self) -> bool {
         self.add_bos
     }
+    /// Writes this tokenizer as a Hugging Face folder's `tokenizer.json` (the `tokenizers` crate's
+    /// own serialisation: the same model, normalizer, pre-tokenizer and decoder) and a
+    /// `tokenizer_config.json` naming bos / eos / unk / pad, so [`Tokenizer::from_file`] reads
+    /// back the same tokenizer (e.g. a GGUF's tokenizer for an HF checkpoint). Returns the file
+    /// names written.
+    pub fn save_hf(&self, dir: &Path) -> Result<Vec<&'static str>> {
+        let json = dir.join("tokenizer.json");
+        self.inner.save(&json, false).map_err(|e| anyhow!("cannot write {}: {e}", json.display()))?;
+        let name = |id: Option<u32>| id.and_then(|i| self.id_to_token(i));
+        let mut cfg = serde_json::Map::new();
+        for (key, id) in [("bos_token", self.bos), ("eos_token", self.eos), ("unk_token", self.unk), ("pad_token", self.pad)] {
+            if let Some(t) = name(id) {
+                cfg.insert(key.into(), t.into());
+            }
+        }
+        cfg.insert("add_bos_token".into(), self.add_bos.into());
+        let cfg_path = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(cfg))?;
+        std::fs::write(&cfg_path, text).with_context(|| format!("cannot write {}", cfg_path.display()))?;
+        Ok(vec!["tokenizer.json", "tokenizer_config.json"])
+    }
+
     /// Override bos/eos (e.g. from a model's config.json).
     pub fn set_bos_eos(&mut self, bos: Option<u32>, eos: Option<u32>) {
         self.bos = bos;

@@ -40,7 +40,7 @@ EOF
 
 if [[ $what == all || $what == llama13b ]]; then
   M="$DIR/llama-13b-bf16"
-  [[ -f $M/config.json ]] || timed make-13b "$BIN" make-checkpoint --shape llama-13b-shape --format hf --dtype bf16 \
+  [[ -f $M/config.json ]] || timed make-13b "$BIN" make-checkpoint --shape llama-13b-shape --format hf --weight-dtype bf16 \
     --tokenizer-from "$SPM" --force --out "$M"
   du -sh "$M"
   prompts "$DIR/prompts-128.jsonl"

@@ -9,6 +9,7 @@ pub mod importance;
 pub mod induction;
 pub mod induction_ablate;
 pub mod inspect;
+pub mod make_checkpoint;
 pub mod merge;
 pub mod next;
 pub mod prune;

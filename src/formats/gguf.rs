@@ -1445,45 +1445,21 @@ impl GgufWriter {
     }
 
     fn alignment(&self) -> Result<u64> {
-        match self.metadata.iter().find(|(k, _)| k == "general.alignment") {
-            None => Ok(DEFAULT_ALIGNMENT),
-            Some((_, v)) => match v.as_u64() {
-                Some(a) if a > 0 && a.is_power_of_two() => Ok(a),
-                _ => bail!("general.alignment must be a power of two, got {v:?}"),
-            },
-        }
+        alignment_of(&self.metadata)
     }
 
     /// Serialize as GGUF v3.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let align = self.alignment()? as usize;
-        let mut out = Vec::new();
-        out.extend_from_slice(&GGUF_MAGIC);
-        out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
-        for (k, v) in &self.metadata {
-            write_str(&mut out, k);
-            out.extend_from_slice(&v.type_id().to_le_bytes());
-            write_value(&mut out, v);
-        }
-        let mut offset = 0usize;
-        let mut offsets = Vec::with_capacity(self.tensors.len());
-        for t in &self.tensors {
-            write_str(&mut out, &t.name);
-            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims {
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            out.extend_from_slice(&t.dtype.0.to_le_bytes());
-            out.extend_from_slice(&(offset as u64).to_le_bytes());
-            offsets.push(offset);
-            offset = (offset + t.data.len()).div_ceil(align) * align;
-        }
-        let data_start = out.len().div_ceil(align) * align;
-        out.resize(data_start, 0);
+        let infos: Vec<TensorHeader> = self
+            .tensors
+            .iter()
+            .map(|t| TensorHeader { name: t.name.clone(), dims: t.dims.clone(), dtype: t.dtype, n_bytes: t.data.len() as u64 })
+            .collect();
+        let (mut out, offsets, _) = encode_header(&self.metadata, &infos)?;
+        let data_start = out.len();
         for (t, off) in self.tensors.iter().zip(offsets) {
-            out.resize(data_start + off, 0);
+            out.resize(data_start + off as usize, 0);
             out.extend_from_slice(&t.data);
         }
         let end = out.len().div_ceil(align) * align;
@@ -1501,6 +1477,68 @@ impl GgufWriter {
             .with_context(|| format!("{}: cannot rename into place", path.display()))?;
         Ok(())
     }
+}
+
+/// One tensor's entry in a GGUF header: name, GGUF dims (`ne0` first) and type, plus the size of
+/// its encoded data (which decides the next tensor's offset).
+#[derive(Clone, Debug)]
+pub struct TensorHeader {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub dtype: GgmlType,
+    pub n_bytes: u64,
+}
+
+/// `general.alignment` from metadata (default 32); anything but a positive power of two is an error.
+pub fn alignment_of(metadata: &[(String, GgufValue)]) -> Result<u64> {
+    match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some((_, v)) => match v.as_u64() {
+            Some(a) if a > 0 && a.is_power_of_two() => Ok(a),
+            _ => bail!("general.alignment must be a power of two, got {v:?}"),
+        },
+    }
+}
+
+/// Encodes a GGUF v3 header: magic, counts, metadata, tensor infos, and the zero padding up to the
+/// data section. Returns the bytes, each tensor's offset relative to the data section (each
+/// aligned), and the data section's length (the last tensor padded to the alignment). Shared by
+/// the in-memory [`GgufWriter`] and streaming writers, which write the header first and then each
+/// tensor's `n_bytes` at its offset.
+pub fn encode_header(metadata: &[(String, GgufValue)], tensors: &[TensorHeader]) -> Result<(Vec<u8>, Vec<u64>, u64)> {
+    let align = alignment_of(metadata)?;
+    let mut out = Vec::new();
+    out.extend_from_slice(&GGUF_MAGIC);
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        write_str(&mut out, k);
+        out.extend_from_slice(&v.type_id().to_le_bytes());
+        write_value(&mut out, v);
+    }
+    let mut offset = 0u64;
+    let mut offsets = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        if t.dims.len() > MAX_DIMS {
+            bail!("tensor `{}`: {} dims, GGUF allows at most {MAX_DIMS}", t.name, t.dims.len());
+        }
+        write_str(&mut out, &t.name);
+        out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&t.dtype.0.to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        offsets.push(offset);
+        offset = offset
+            .checked_add(t.n_bytes)
+            .map(|x| x.div_ceil(align) * align)
+            .ok_or_else(|| anyhow!("tensor `{}`: data offsets overflow", t.name))?;
+    }
+    let data_start = (out.len() as u64).div_ceil(align) * align;
+    out.resize(data_start as usize, 0);
+    Ok((out, offsets, offset))
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {
