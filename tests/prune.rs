@@ -91,6 +91,8 @@ fn manifest() -> Manifest {
         model: ModelId { path: "fake".into(), sha256: "00".into() },
         data: vec!["fake-data==1".into()],
         options: serde_json::json!({"tasks": ["a", "b"]}),
+        compute_dtype: "f32".into(),
+        weights: None,
     }
 }
 

@@ -53,6 +53,8 @@ pub fn run(args: InspectArgs, dev: &super::Runtime) -> Result<()> {
         ("sliding window", windows),
         ("weight dtypes", dtypes),
         ("compute dtype", info.compute_dtype.clone()),
+        ("weights", info.weights.clone()),
+        ("placement", info.placement.clone()),
     ];
     for (k, v) in rows {
         println!("{k:>16}  {v}");

@@ -443,7 +443,7 @@ pub fn prefix_matching(model: &Model, seqs: &[InductionSeq], mode: PrefixMode, o
         // The model's own layer loop; each layer's record is dropped after scoring, so only one
         // layer's attention `[1, H, T, T]` is held at once.
         model.forward_layers(&ids, &Layout::Causal, None, false, &mut |l, _, acts, _| {
-            let buf: Vec<f32> = acts.attn.pattern.flatten_all()?.to_vec1()?;
+            let buf: Vec<f32> = acts.attn.pattern.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
             for h in 0..nh {
                 let a = head_slice(&buf, h, t);
                 row[l * nh + h] = prefix_score(a, t, seq.offset, seq.len, mode);
@@ -518,8 +518,10 @@ pub fn copying(model: &Model, seqs: &[InductionSeq], mode: CopyMode, on_sequence
         let mut row = vec![0.0; nl * nh];
         for l in 0..nl {
             let (probs, z) = direct_path(model, l, &seq.ids, mode)?;
-            let a: Vec<f32> = probs.flatten_all()?.to_vec1()?;
-            let z: Vec<f32> = z.flatten_all()?.to_vec1()?;
+            // Scores are read in f32 whatever the compute dtype (the pattern is already wide; the
+            // direct-path logits come out of compute-dtype matmuls).
+            let a: Vec<f32> = probs.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            let z: Vec<f32> = z.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
             let window = model.blocks.meta(l).sliding_window;
             for h in 0..nh {
                 row[l * nh + h] = copy_score(head_slice(&a, h, t), head_slice(&z, h, t), t, window, mode);
