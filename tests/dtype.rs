@@ -200,3 +200,19 @@ fn a_wrong_precision_is_caught() {
         assert!(d > tol, "{v}: bf16 logits ({d:.3e}) pass the f16 tolerance ({tol:.3e}); it cannot tell precisions apart");
     }
 }
+
+/// `--dtype` reaches the model and is shown and recorded: `headroom inspect` prints the compute
+/// dtype and the weights mode.
+#[test]
+fn inspect_shows_compute_dtype_and_weights_mode() {
+    let model = golden_dir().join("llama_gqa");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_headroom"))
+        .args(["--dtype", "bf16", "--weights", "stream", "inspect", "--model", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let row = |k: &str| text.lines().find(|l| l.trim_start().starts_with(k)).map(|l| l.split_whitespace().last().unwrap_or("").to_string());
+    assert_eq!(row("compute dtype").as_deref(), Some("bf16"), "{text}");
+    assert_eq!(row("weights ").as_deref(), Some("stream"), "{text}");
+}

@@ -59,15 +59,20 @@ impl Default for Activations {
 }
 
 impl Model {
-    /// Bytes of activations one block keeps for a B x T batch (f32 estimate).
+    /// Bytes of activations one block keeps for a B x T batch: everything in the compute dtype
+    /// but the attention pattern, which is kept wide (f32 for bf16/f16; attention.rs).
     pub fn block_activation_bytes(&self, b: usize, t: usize) -> usize {
         let i = &self.info;
         let bt = b * t;
-        let floats = bt * i.hidden * 4 // resid_pre, ln1, resid_mid, mlp_out
+        let (size, wide) = match i.compute_dtype.as_str() {
+            "bf16" | "f16" => (2, 4),
+            "f64" => (8, 8),
+            _ => (4, 4),
+        };
+        let values = bt * i.hidden * 4 // resid_pre, ln1, resid_mid, mlp_out
             + bt * i.n_heads * i.head_dim * 4 // attn.q, k, v, z
-            + b * i.n_heads * t * t // attn.pattern
             + bt * i.ffn_dim * 2; // pre-activations (gate + up for SwiGLU)
-        floats * 4
+        values * size + b * i.n_heads * t * t * wide // + attn.pattern
     }
 
     /// One forward + activation-only backward. The loss is the sum over targets of each

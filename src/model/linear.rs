@@ -66,8 +66,9 @@ impl Linear {
 
 /// Whether a matmul on `x` runs as an f32 gemm over widened operands: half-precision tensors on
 /// the CPU. candle's CPU backend has no bf16 gemm kernel and widens both operands to f32
-/// internally anyway (so this costs nothing extra there); its f16 kernel would not accumulate
-/// in f32. On CUDA the native half gemm (f32 accumulation, one rounding) is used as is.
+/// internally anyway (so this costs nothing extra there); for f16 this makes the accumulation
+/// f32 whatever candle's f16 kernel does. On CUDA the native half gemm (cuBLAS, f32
+/// accumulation, one rounding) is used as is, and a bias is added after its rounding.
 fn widened_gemm(x: &Tensor) -> bool {
     matches!(x.dtype(), DType::BF16 | DType::F16) && x.device().is_cpu()
 }
