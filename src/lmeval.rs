@@ -24,8 +24,11 @@ use crate::tasks::{Metric, Task};
 pub struct RunConfig {
     /// The model as given (a folder, a .gguf file, `default` resolved to its path).
     pub model_path: String,
-    /// lm-eval's `model_args` string: `pretrained=PATH`, plus `mask=FILE` under a mask.
+    /// lm-eval's `model_args` string: `pretrained=PATH,dtype=DTYPE` (lm-eval's HF `dtype`
+    /// spelling: float32, bfloat16, float16), plus `mask=FILE` under a mask.
     pub model_args: String,
+    /// The compute dtype as lm-eval records `model_dtype` (`torch.bfloat16`, ...).
+    pub model_dtype: String,
     pub batch_size: usize,
     pub device: String,
     pub limit: Option<usize>,
@@ -33,6 +36,18 @@ pub struct RunConfig {
     /// Seconds since the Unix epoch at the start and end of the evaluation.
     pub start_time: f64,
     pub end_time: f64,
+}
+
+/// PyTorch's name for a headroom compute dtype (`bf16` -> `bfloat16`), as lm-eval's `dtype=`
+/// model argument spells it; `torch.` + it is lm-eval's `model_dtype`.
+pub fn torch_dtype_name(compute_dtype: &str) -> &str {
+    match compute_dtype {
+        "f32" => "float32",
+        "bf16" => "bfloat16",
+        "f16" => "float16",
+        "f64" => "float64",
+        other => other,
+    }
 }
 
 /// lm-eval's name for a headroom metric.
@@ -152,6 +167,7 @@ pub fn results_json(entries: &[(&Task, &EvalSummary)], run: &RunConfig) -> Value
         "config": {
             "model": "headroom",
             "model_args": run.model_args,
+            "model_dtype": run.model_dtype,
             "batch_size": run.batch_size,
             "batch_sizes": [],
             "device": run.device,

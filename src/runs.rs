@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 use crate::io::{write_atomic, write_json};
 
-/// What identifies a run: two folders can merge only when these agree.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What identifies a run: two folders can merge only when these agree (`weights` aside).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
     /// `headroom <version>`.
     pub tool: String,
@@ -28,6 +28,36 @@ pub struct Manifest {
     pub data: Vec<String>,
     /// The options of the run (tasks, shots, limits, seeds, rankings...), as JSON.
     pub options: serde_json::Value,
+    /// The dtype the model computed in (`--dtype`, resolved: "f32", "bf16", "f16"). It changes
+    /// the numbers, so a folder refuses a run in another dtype, and every unit key of a non-f32
+    /// run includes it ([`RunFolder::unit_path`]). Folders written before it was recorded
+    /// computed in f32.
+    #[serde(default = "f32_name")]
+    pub compute_dtype: String,
+    /// How the run that created the folder held the weights (`--weights`, resolved: "resident"
+    /// or "stream"). For the record only: both give identical numbers, so it is not compared
+    /// and a folder may be resumed either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+}
+
+fn f32_name() -> String {
+    "f32".into()
+}
+
+impl Manifest {
+    /// A manifest computing in f32 with the weights mode unrecorded (set the two fields from
+    /// the loaded model's [`crate::model::ModelInfo`] for a real run).
+    pub fn new(tool: String, model: ModelId, data: Vec<String>, options: serde_json::Value) -> Self {
+        Self { tool, model, data, options, compute_dtype: f32_name(), weights: None }
+    }
+}
+
+/// Everything but `weights` (streamed and resident runs give the same numbers).
+impl PartialEq for Manifest {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.tool, &self.model, &self.data, &self.options, &self.compute_dtype) == (&o.tool, &o.model, &o.data, &o.options, &o.compute_dtype)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,8 +182,28 @@ impl RunFolder {
         Ok(Self { root: root.to_path_buf(), manifest })
     }
 
+    /// Where a unit's result lives: its key, with the run's compute dtype added to the inputs
+    /// when it is not f32 ([`RunFolder::full_key`]), hashed.
     pub fn unit_path(&self, key: &UnitKey) -> PathBuf {
+        let key = self.full_key(key);
         self.root.join("units").join(&key.kind).join(format!("{}.json", key.hash()))
+    }
+
+    /// The key as stored: a bf16 or f16 run's units carry `"dtype"` in their inputs, so they
+    /// never stand in for f32 units (or each other) even outside this folder's manifest check
+    /// (copied by hand, say). f32 keys are left as they were before the dtype existed, so
+    /// existing f32 folders keep their units.
+    pub fn full_key(&self, key: &UnitKey) -> UnitKey {
+        let mut key = key.clone();
+        if self.manifest.compute_dtype != "f32" {
+            match key.inputs.as_object_mut() {
+                Some(o) => {
+                    o.insert("dtype".into(), serde_json::json!(self.manifest.compute_dtype));
+                }
+                None => key.inputs = serde_json::json!({"inputs": key.inputs, "dtype": self.manifest.compute_dtype}),
+            }
+        }
+        key
     }
 
     /// The stored result of a unit, if finished. A corrupt file is an error naming it.
@@ -169,7 +219,7 @@ impl RunFolder {
 
     /// Stores a unit's result atomically.
     pub fn store<T: Serialize>(&self, key: &UnitKey, result: &T) -> Result<()> {
-        write_json(&self.unit_path(key), &UnitRecord { key: key.clone(), result })
+        write_json(&self.unit_path(key), &UnitRecord { key: self.full_key(key), result })
     }
 
     /// Returns the stored result or computes, stores and returns it; `computed` counts misses.
@@ -203,6 +253,9 @@ fn manifest_diff(a: &Manifest, b: &Manifest) -> String {
     }
     if a.data != b.data {
         d.push(format!("data {:?} vs {:?}", a.data, b.data));
+    }
+    if a.compute_dtype != b.compute_dtype {
+        d.push(format!("compute dtype {} vs {} (--dtype)", a.compute_dtype, b.compute_dtype));
     }
     if a.options != b.options {
         d.push(format!("options {} vs {}", a.options, b.options));

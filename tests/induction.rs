@@ -58,6 +58,7 @@ fn block(q: Vec<(usize, usize, f32)>, k: Vec<(usize, usize, f32)>, v: Vec<(usize
             n_kv_heads: H,
             head_dim: HD,
             scale: 1.0,
+            scale_queries: false,
             rope: None,
             sliding_window: None,
         },

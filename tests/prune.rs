@@ -91,6 +91,8 @@ fn manifest() -> Manifest {
         model: ModelId { path: "fake".into(), sha256: "00".into() },
         data: vec!["fake-data==1".into()],
         options: serde_json::json!({"tasks": ["a", "b"]}),
+        compute_dtype: "f32".into(),
+        weights: None,
     }
 }
 
@@ -208,4 +210,27 @@ fn model_ids_hash_files_and_cache_the_hash() {
     assert_eq!(id.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"); // sha256("abc")
     assert!(d.path().join("hashes.json").exists());
     assert_eq!(ModelId::of(&f, Some(d.path())).unwrap(), id);
+}
+
+/// The compute dtype changes the numbers: a folder refuses a run in another dtype (saying so),
+/// and a bf16 run's unit keys carry the dtype while f32 keys stay as before the dtype existed.
+/// The weights mode does not change them: a folder made streamed reopens resident.
+#[test]
+fn compute_dtype_is_part_of_the_run_and_its_units() {
+    let a = tempfile::tempdir().unwrap();
+    let f32_folder = RunFolder::open(a.path(), Manifest { weights: Some("stream".into()), ..manifest() }).unwrap();
+    RunFolder::open(a.path(), Manifest { weights: Some("resident".into()), ..manifest() }).unwrap();
+    let bf16 = Manifest { compute_dtype: "bf16".into(), ..manifest() };
+    let e = RunFolder::open(a.path(), bf16.clone()).err().unwrap().to_string();
+    assert!(e.contains("manifest differs") && e.contains("compute dtype f32 vs bf16"), "{e}");
+    let b = tempfile::tempdir().unwrap();
+    let bf16_folder = RunFolder::open(b.path(), bf16).unwrap();
+    let key = UnitKey::new("eval", serde_json::json!({"task": "a", "shots": 0}));
+    let name = |f: &RunFolder| f.unit_path(&key).file_name().unwrap().to_owned();
+    assert_eq!(name(&f32_folder), std::ffi::OsString::from(format!("{}.json", key.hash())), "f32 keys are unchanged");
+    assert_ne!(name(&bf16_folder), name(&f32_folder));
+    assert_eq!(bf16_folder.full_key(&key).inputs["dtype"], "bf16");
+    // A manifest written before the dtype was recorded reads as f32.
+    let old = r#"{"tool": "t", "model": {"path": "p", "sha256": "00"}, "data": [], "options": {}}"#;
+    assert_eq!(serde_json::from_str::<Manifest>(old).unwrap().compute_dtype, "f32");
 }

@@ -60,6 +60,8 @@ fn open(dir: &Path, cfg: &PruneConfig) -> RunFolder {
         model: ModelId { path: "tiny_llama.gguf".into(), sha256: "00".into() },
         data: vec![],
         options: cfg.manifest_options(&["sentiment".to_string()]),
+        compute_dtype: "f32".into(),
+        weights: None,
     };
     RunFolder::open(dir, manifest).unwrap()
 }

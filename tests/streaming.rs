@@ -276,3 +276,20 @@ fn induction_scores_streamed_match_resident() {
         assert_eq!(streamed.blocks.stream_stats().unwrap().blocks, 2 * streamed.n_layers(), "{variant}");
     }
 }
+
+/// In bf16 too, streaming changes nothing: the streamed block is materialised straight into
+/// bf16 (safetensors f32 -> bf16 at load) exactly as the resident one.
+#[test]
+fn bf16_streamed_matches_resident() {
+    for variant in ["opt_preln", "llama_gqa", "gguf/tiny_llama.gguf"] {
+        let opts = |weights| LoadOptions { dtype: ComputeDtype::Bf16, weights, placement: Placement::parse("cpu,cpu").unwrap() };
+        let r = Model::load_with(&golden_dir().join(variant), &opts(WeightsMode::Resident)).unwrap();
+        let s = Model::load_with(&golden_dir().join(variant), &opts(WeightsMode::Stream)).unwrap();
+        assert_eq!(r.info.compute_dtype, "bf16");
+        let v = r.info.vocab_size;
+        let ids: Vec<u32> = (0..9).map(|i| ((i * 37 + 5) % v) as u32).collect();
+        let want = outputs(&r, &ids, Activations::Keep);
+        let got = outputs(&s, &ids, Activations::Recompute);
+        assert_same(variant, "bf16 streamed", &want, &got);
+    }
+}

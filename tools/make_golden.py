@@ -74,7 +74,9 @@ FRACTIONAL_FFN = [0.5, 1.25, 0.0]
 # half-precision checkpoints for neox_seq (bf16), qwen2 (f16), mistral_swa (f16). See README.md.
 PROBE_SEQ = 1  # attn_probs / head_out are stored for this sequence, unmasked case only
 CASE_SEQS = {"unmasked": (0, 1, 2), "masked": (PROBE_SEQ,), "fractional": (PROBE_SEQ,)}
-BUDGET_BYTES = 1_950_000
+# + ~116 KB for the half-precision references (<variant>/dtype.safetensors, 14.5 KB each: PyTorch's bf16 and
+# f16 logits of one sequence stored in their own dtype, gate dots, spreads), issue 11.
+BUDGET_BYTES = 2_070_000
 
 
 def seed_of(name: str) -> int:
@@ -1515,6 +1517,120 @@ def make_config_variants() -> None:
     (CFG_DIR / "golden.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
+# ----------------------------------------------------------------------------------------------
+# Half-precision references (`--only dtype`): tests/golden/<variant>/dtype.safetensors
+
+HALF_DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
+DTYPE_LOGITS_CASE, DTYPE_LOGITS_SEQ = "fractional", PROBE_SEQ  # gates in the compute dtype, FFN gate 0
+GRAD_SEQ, GRAD_CTX_LEN = 2, 14  # as tools/make_golden_grads.py: seq2, context 14, continuation 5
+
+
+def _gated_loss_and_dots(model, family, ids: torch.Tensor, dt: torch.dtype):
+    """PyTorch run in `dt`: per-token head gates [T, H] and FFN gates [T, 1] of ones in `dt`
+    (so nothing is promoted to f32), loss = mean NLL of the continuation computed on
+    `logits.float()` as transformers does. Returns (loss, head_dot [L, T, H], ffn_dot [L, T]),
+    the dots as autograd produced them (in `dt`)."""
+    attn_mods, ffn_mods, _, _ = hook_points(family, model)
+    t = ids.shape[0]
+    hg = [torch.ones(t, HEADS, dtype=dt, requires_grad=True) for _ in range(LAYERS)]
+    fg = [torch.ones(t, 1, dtype=dt, requires_grad=True) for _ in range(LAYERS)]
+    handles = []
+    for l, m in enumerate(attn_mods):
+        handles.append(m.register_forward_pre_hook(
+            lambda mod, args, l=l: (args[0] * hg[l].repeat_interleave(HEAD_DIM, dim=-1),) + tuple(args[1:])))
+    for l, m in enumerate(ffn_mods):
+        handles.append(m.register_forward_hook(lambda mod, args, out, l=l: out * fg[l]))
+    try:
+        logits = model(input_ids=ids[None], use_cache=False).logits[0]  # [T, V] in dt
+        assert logits.dtype == dt, logits.dtype
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        token_lp = lp[:-1].gather(1, ids[1:, None])[:, 0]  # every next-token log-prob [T - 1]
+        loss = -token_lp[GRAD_CTX_LEN - 1:].mean()
+        loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    head_dot = torch.stack([g.grad for g in hg])  # [L, T, H]
+    ffn_dot = torch.stack([g.grad[:, 0] for g in fg])  # [L, T]
+    return loss.detach().float(), head_dot.detach(), ffn_dot.detach(), token_lp.detach()
+
+
+def make_dtype_variant(name: str, family: str) -> dict:
+    """For one golden variant, PyTorch's own forward and gate gradients run in bf16 and in f16
+    (from_pretrained(dtype=...), eager attention), and their spread from the same run in f32."""
+    folder = OUT / name
+    from safetensors.torch import load_file
+    g = load_file(str(folder / "golden.safetensors"))
+    seq_l, seq_g = g[f"seq{DTYPE_LOGITS_SEQ}"].long(), g[f"seq{GRAD_SEQ}"].long()
+    head_gates, ffn_gates = g[f"head_mask.{DTYPE_LOGITS_CASE}"], g[f"ffn_mask.{DTYPE_LOGITS_CASE}"]
+
+    def load(dt):
+        m = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dt, attn_implementation="eager").eval()
+        assert m.config._attn_implementation == "eager"
+        for p in m.parameters():
+            p.requires_grad_(False)
+        return m
+
+    def gated_logits(m):
+        attn_mods, ffn_mods, _, _ = hook_points(family, m)
+        gates = Gates(attn_mods, ffn_mods)
+        gates.head, gates.ffn = head_gates, ffn_gates  # cast to the activation dtype in the hooks
+        try:
+            return logits_of(m, seq_l).logits[0]
+        finally:
+            gates.remove()
+
+    ref = load(torch.float32)
+    want_logits = gated_logits(ref)
+    assert torch.allclose(want_logits, g[f"logits.{DTYPE_LOGITS_CASE}.seq{DTYPE_LOGITS_SEQ}"], atol=1e-5), name
+    ref_loss, ref_hd, ref_fd, ref_lp = _gated_loss_and_dots(ref, family, seq_g, torch.float32)
+    out: dict[str, torch.Tensor] = {}
+    spreads = {}
+    for tag, dt in HALF_DTYPES.items():
+        m = load(dt)
+        lg = gated_logits(m)
+        assert lg.dtype == dt
+        loss, hd, fd, lp = _gated_loss_and_dots(m, family, seq_g, dt)
+        # Stored in their own dtype: exactly what PyTorch produced, at half the bytes of f32.
+        out[f"logits.{tag}"] = lg.contiguous()
+        out[f"head_dot.{tag}"] = hd.contiguous()
+        out[f"ffn_dot.{tag}"] = fd.contiguous()
+        out[f"loss.{tag}"] = loss.reshape(1)
+        # PyTorch's own spread: the same run in `dt` vs in f32 (max |difference|).
+        sp = {
+            "logits": float((lg.float() - want_logits).abs().max()),
+            "head_dot": float((hd.float() - ref_hd).abs().max()),
+            "ffn_dot": float((fd.float() - ref_fd).abs().max()),
+            "loss": float((loss - ref_loss).abs()),
+            # The loss is one number, so its own spread is a poor noise estimate (it can be
+            # ~0 by luck); the largest spread of the 18 next-token log-probs it averages over
+            # bounds how far rounding moves it (|mean a - mean b| <= max |a_i - b_i|).
+            "token_logprob": float((lp - ref_lp).abs().max()),
+        }
+        for k, v in sp.items():
+            out[f"spread.{k}.{tag}"] = torch.tensor([v], dtype=torch.float32)
+        spreads[tag] = sp
+        del m
+    out["seq"] = seq_l.clone()
+    out["grad_ids"] = seq_g.clone()
+    out["ctx_len"] = torch.tensor([GRAD_CTX_LEN], dtype=torch.int64)
+    out["loss.f32"] = ref_loss.reshape(1)
+    # One metadata key: safetensors writes its metadata map in hash order, so several keys
+    # would make the file differ from run to run.
+    save_file(out, str(folder / "dtype.safetensors"), metadata={"about": json.dumps({
+        "logits": f"{DTYPE_LOGITS_CASE} gates (golden.safetensors head_mask/ffn_mask.{DTYPE_LOGITS_CASE}), seq{DTYPE_LOGITS_SEQ}",
+        "grads": f"seq{GRAD_SEQ}, context {GRAD_CTX_LEN}, all gates 1 (per-token gates in the compute dtype)",
+        "versions": VERSIONS,
+    }, sort_keys=True)})
+    print(f"  {name}: spread bf16 {spreads['bf16']}, f16 {spreads['f16']}")
+    return spreads
+
+
+def make_dtype_goldens() -> None:
+    for name, (family, _cfg, _dt, _shard) in variant_specs().items():
+        make_dtype_variant(name, family)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"versions: {VERSIONS}")
@@ -1527,6 +1643,8 @@ def main() -> None:
             write_gguf_readme(make_gguf_quants())
         if "pth" in only:
             print(f"pth: {make_pth()}")
+        if "dtype" in only:
+            make_dtype_goldens()
         check_budget()
         return
     llama = None
@@ -1547,6 +1665,8 @@ def main() -> None:
     make_tokenizers()
     print("pth ...")
     make_pth()
+    print("half-precision references ...")
+    make_dtype_goldens()
     check_budget()
 
 

@@ -113,6 +113,16 @@ impl Plan {
 /// A subcommand line: what is printed, and what is parsed into the subcommand's `Args`.
 struct Step {
     argv: Vec<String>,
+    /// Global flags shown before the subcommand (`--dtype bf16`); not parsed by the step.
+    global: Vec<String>,
+}
+
+/// The global flags of `rt` that change a step's numbers, as command-line words.
+fn global_flags(rt: &super::Runtime) -> Vec<String> {
+    match rt.load.dtype {
+        headroom::model::ComputeDtype::Auto => vec![],
+        d => vec!["--dtype".into(), serde_json::to_value(d).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()],
+    }
 }
 
 impl Step {
@@ -124,14 +134,23 @@ impl Step {
                 argv.push(value.clone());
             }
         }
-        Step { argv }
+        Step { argv, global: vec![] }
     }
 
     /// Shell-ready text of the command.
     fn display(&self) -> String {
         let quoted: Vec<String> =
             self.argv.iter().map(|a| if a.contains([' ', '"', '\'']) { format!("'{}'", a.replace('\'', r"'\''")) } else { a.clone() }).collect();
-        format!("headroom {}", quoted.join(" "))
+        let global: String = self.global.iter().map(|g| format!("{g} ")).collect();
+        format!("headroom {global}{}", quoted.join(" "))
+    }
+
+    /// The step as run under `rt`: the global `--dtype` goes before the subcommand when it is
+    /// not `auto`, so the printed line reproduces the numbers (and [`once`]'s stamp differs
+    /// between dtypes). The argv parsed into the subcommand's `Args` is unchanged.
+    fn with_runtime(mut self, rt: &super::Runtime) -> Step {
+        self.global = global_flags(rt);
+        self
     }
 
     /// Parses the line with the subcommand's own clap definition, exactly as `main` would.
@@ -193,7 +212,7 @@ pub fn run(args: DemoArgs, dev: &super::Runtime) -> Result<()> {
         ("out", path_arg(&run)),
     ];
     prune_args.extend(data_flags.iter().cloned());
-    let prune = Step::new("prune", &prune_args);
+    let prune = Step::new("prune", &prune_args).with_runtime(dev);
     stage(3, n, "importance per task and shot count, then head and FFN pruning sweeps (resumable)", Some(&prune));
     let t = Instant::now();
     super::prune::run(prune.parse()?, dev)?;
@@ -207,7 +226,7 @@ pub fn run(args: DemoArgs, dev: &super::Runtime) -> Result<()> {
     if aggregate.exists() {
         ind_args.insert(1, ("importance", path_arg(&aggregate)));
     }
-    let induction = Step::new("induction", &ind_args);
+    let induction = Step::new("induction", &ind_args).with_runtime(dev);
     stage(4, n, "prefix-matching and copying scores on random sequences (induction heads)", Some(&induction));
     let t = Instant::now();
     let ind_json = run.join("induction").join("induction.json");
@@ -225,7 +244,7 @@ pub fn run(args: DemoArgs, dev: &super::Runtime) -> Result<()> {
         ("out", path_arg(&run.join("induction"))),
     ];
     ablate_args.extend(data_flags.iter().cloned());
-    let ablate = Step::new("induction-ablate", &ablate_args);
+    let ablate = Step::new("induction-ablate", &ablate_args).with_runtime(dev);
     stage(5, n, "task accuracy with the top induction heads removed vs random heads", Some(&ablate));
     let t = Instant::now();
     once(&ablate, &run.join("induction").join("ablation.json"), || super::induction_ablate::run(ablate.parse()?, dev))?;
@@ -249,7 +268,7 @@ pub fn run(args: DemoArgs, dev: &super::Runtime) -> Result<()> {
     timings.push(("compare", t.elapsed().as_secs_f64()));
 
     // 6. The report.
-    let report = Step { argv: vec!["report".into(), path_arg(&run)] };
+    let report = Step { argv: vec!["report".into(), path_arg(&run)], global: vec![] };
     stage(7, n, "the report", Some(&report));
     let t = Instant::now();
     let html = run.join("report.html");

@@ -216,7 +216,8 @@ pub fn run(args: EvalArgs, dev: &super::Runtime) -> Result<()> {
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let start_time = now();
     let date_id = headroom::lmeval::date_id(start_time);
-    let mut model_args = format!("pretrained={}", path.display());
+    let torch_dtype = headroom::lmeval::torch_dtype_name(&model.info.compute_dtype).to_string();
+    let mut model_args = format!("pretrained={},dtype={torch_dtype}", path.display());
     if let Some(m) = &args.mask {
         model_args.push_str(&format!(",mask={}", m.display()));
     }
@@ -249,6 +250,9 @@ pub fn run(args: EvalArgs, dev: &super::Runtime) -> Result<()> {
                     },
                 );
                 obj.insert("headroom_version".into(), serde_json::json!(env!("CARGO_PKG_VERSION")));
+                // The compute dtype changes the numbers; the weights mode does not (recorded).
+                obj.insert("compute_dtype".into(), serde_json::json!(model.info.compute_dtype));
+                obj.insert("weights".into(), serde_json::json!(model.info.weights));
             }
             let stem = format!("{}.{k}shot", task.name);
             write_atomic(&args.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&summary)?.as_bytes())?;
@@ -287,6 +291,7 @@ pub fn run(args: EvalArgs, dev: &super::Runtime) -> Result<()> {
             let run = headroom::lmeval::RunConfig {
                 model_path: path.display().to_string(),
                 model_args: model_args.clone(),
+                model_dtype: format!("torch.{torch_dtype}"),
                 batch_size: args.batch_size,
                 device: if dev.device().is_cpu() { "cpu".into() } else { "cuda".into() },
                 limit: args.limit,

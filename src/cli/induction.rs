@@ -196,6 +196,8 @@ pub fn run(args: InductionArgs, dev: &super::Runtime) -> Result<()> {
         "model": path,
         "family": model.info.family,
         "architecture": model.info.architecture,
+        "compute_dtype": model.info.compute_dtype,
+        "weights": model.info.weights,
         "n_layers": nl,
         "n_heads": nh,
         "options": {

@@ -115,7 +115,7 @@ pub fn run(args: InductionAblateArgs, dev: &super::Runtime) -> Result<()> {
         }
         results.push(serde_json::json!({"task": task.name, "split": task.split, "shots": args.shots, "metric": metric, "n": docs.len(), "result": res}));
     }
-    write_json(&args.out.join("ablation.json"), &serde_json::json!({"induction": args.induction, "target": format!("{target:?}"), "results": results}))?;
+    write_json(&args.out.join("ablation.json"), &serde_json::json!({"induction": args.induction, "target": format!("{target:?}"), "compute_dtype": model.info.compute_dtype, "weights": model.info.weights, "results": results}))?;
     write_atomic(&args.out.join("ablation.csv"), csv.as_bytes())?;
     println!("wrote {}", args.out.display());
     Ok(())

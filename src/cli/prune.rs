@@ -130,10 +130,16 @@ pub fn run(args: PruneArgs, dev: &super::Runtime) -> Result<()> {
         o.insert("task_files".into(), json!(files));
     }
     let manifest = Manifest {
-        tool: concat!("headroom ", env!("CARGO_PKG_VERSION")).into(),
-        model: ModelId::of(&path, Some(&cache))?,
-        data: headroom::assets::Asset::ALL.iter().map(|a| a.spec().requirement()).collect(),
-        options,
+        // The dtype changes the numbers (compared on reopening, in the unit keys); the weights
+        // mode does not (recorded only).
+        compute_dtype: model.info.compute_dtype.clone(),
+        weights: Some(model.info.weights.clone()),
+        ..Manifest::new(
+            concat!("headroom ", env!("CARGO_PKG_VERSION")).into(),
+            ModelId::of(&path, Some(&cache))?,
+            headroom::assets::Asset::ALL.iter().map(|a| a.spec().requirement()).collect(),
+            options,
+        )
     };
     let folder = RunFolder::open(&args.out, manifest)?;
     eprintln!("run folder {} (shard {}/{})", args.out.display(), shard.index, shard.count);

@@ -450,7 +450,7 @@ pub fn prefix_matching(model: &Model, seqs: &[InductionSeq], mode: PrefixMode, o
             let s = group.start + k;
             let seq = &seqs[s];
             let t = seq.ids.len();
-            let buf: Vec<f32> = acts.attn.pattern.flatten_all()?.to_vec1()?;
+            let buf: Vec<f32> = acts.attn.pattern.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
             for h in 0..nh {
                 let a = head_slice(&buf, h, t);
                 prefix[s][l * nh + h] = prefix_score(a, t, seq.offset, seq.len, mode);
@@ -556,8 +556,10 @@ pub fn copying(model: &Model, seqs: &[InductionSeq], mode: CopyMode, on_sequence
             for s in group.clone() {
                 let t = seqs[s].ids.len();
                 let (probs, z) = direct_path_of(model, block, l, &seqs[s].ids, mode)?;
-                let a: Vec<f32> = probs.flatten_all()?.to_vec1()?;
-                let z: Vec<f32> = z.flatten_all()?.to_vec1()?;
+                // Scores are read in f32 whatever the compute dtype (the pattern is already wide;
+                // the direct-path logits come out of compute-dtype matmuls).
+                let a: Vec<f32> = probs.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                let z: Vec<f32> = z.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
                 for h in 0..nh {
                     per_sequence[s][l * nh + h] = copy_score(head_slice(&a, h, t), head_slice(&z, h, t), t, window, mode);
                 }

@@ -8,6 +8,8 @@
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
+use super::widen;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
@@ -32,19 +34,29 @@ impl Activation {
             ),
         })
     }
+    /// x `[...]` -> `[...]`, in x's dtype. Computed in the wide dtype (f32 for bf16/f16) and
+    /// rounded once, as PyTorch's CPU and CUDA kernels do for half inputs (candle's own bf16
+    /// SiLU would round after each of its three operations).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let x = &widen(x)?;
         Ok(match self {
             Self::Relu => x.relu()?,
             Self::GeluTanh => x.gelu()?,
             Self::GeluErf => x.gelu_erf()?,
             Self::Silu => x.silu()?,
-        })
+        }
+        .to_dtype(dt)?)
     }
 }
 
 impl Activation {
-    /// dx = act'(x) * dy, x the pre-activation.
+    /// dx = act'(x) * dy, x the pre-activation. The derivative and the product run in the wide
+    /// dtype and dx is rounded once to dy's dtype (PyTorch's activation backward kernels; in
+    /// bf16, `1 - sigmoid(x)` alone would lose most of its bits).
     pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let dt = dy.dtype();
+        let (x, dy) = (&widen(x)?, &widen(dy)?);
         let deriv = match self {
             // relu(x) = max(x, 0)
             Self::Relu => x.gt(0.0)?.to_dtype(x.dtype())?,
@@ -71,6 +83,6 @@ impl Activation {
                 (phi_cdf + (x * pdf)?)?
             }
         };
-        Ok((deriv * dy)?)
+        Ok((deriv * dy)?.to_dtype(dt)?)
     }
 }

@@ -9,8 +9,9 @@ use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 
 use super::layout::{causal_mask, Layout};
-use super::linear::Linear;
+use super::linear::{matmul, Linear};
 use super::rope::Rope;
+use super::widen;
 
 /// Numerically stable softmax over the last dim (rows fully masked never occur: the diagonal is
 /// always attendable).
@@ -33,6 +34,11 @@ pub struct Attention {
     pub head_dim: usize,
     /// Multiplies q k^T (1/sqrt(hd), or GPT-2's extra 1/(layer+1)).
     pub scale: f64,
+    /// Where the scale is applied in bf16/f16, as the family does in transformers: true scales
+    /// q before the score matmul (OPT: `q_proj(x) * scaling`), false scales the scores after
+    /// it (GPT-2, NeoX, Llama family: `matmul(q, k^T) * scaling`). In half precision this
+    /// decides where the extra rounding falls; f32 and f64 always scale q first (as before).
+    pub scale_queries: bool,
     pub rope: Option<Rope>,
     pub sliding_window: Option<usize>,
 }
@@ -42,14 +48,16 @@ pub struct Attention {
 /// `hook_z`. Everything the attention backward reads, nothing more.
 #[derive(Clone, Debug)]
 pub struct AttnActs {
-    /// Rotated queries already multiplied by the score scale `[B, H, T, hd]` (the backward
-    /// needs exactly the matmul operand; TL's `q` is unscaled).
+    /// Rotated queries `[B, H, T, hd]` as the score matmul read them: multiplied by the score
+    /// scale, unless [`Attention::scales_scores`] (then unscaled, like TL's `q`).
     pub q: Tensor,
     /// Rotated keys and values, repeated to H heads under GQA `[B, H, T, hd]` (query head i
     /// reads kv head i / (H/KV), transformers' repeat_kv): the operands of the two matmuls.
     pub k: Tensor,
     pub v: Tensor,
-    /// Post-softmax attention probabilities `[B, H, T, T]` (row = query), before the head gate.
+    /// Post-softmax attention probabilities `[B, H, T, T]` (row = query), before the head gate,
+    /// in the wide dtype (f32 for bf16/f16 compute): the softmax's own output, which its
+    /// backward, capture and the induction scores read.
     pub pattern: Tensor,
     /// Per-head outputs `A_h v_h` before the head gate `[B, H, T, hd]`.
     pub z: Tensor,
@@ -82,14 +90,21 @@ impl Attention {
         }
         // GQA: query head i reads kv head i / (H/KV) (transformers' repeat_kv).
         let (ke, ve) = if kv == h { (k, v) } else { (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?) };
-        let qs = (q * self.scale)?;
-        let scores = qs.matmul(&ke.t()?)?; // S = q k^T * scale + bias   [B, H, T, T]
+        let after = self.scales_scores(x.dtype());
+        let qs = if after { q } else { scale_by(&q, self.scale)? }; // q * scale   [B, H, T, hd]
+        // The score matmul runs in the compute dtype; the scores are then widened (f32 for
+        // bf16/f16) before the bias and the softmax, as transformers' eager attention does
+        // (`softmax(..., dtype=float32)`): a half-precision softmax over long rows loses the
+        // small probabilities. The 0 / -inf bias is f32 and exact in any dtype.
+        let raw = matmul(&qs, &ke.t()?)?; // q k^T   [B, H, T, T]
+        let scores = widen(&if after { scale_by(&raw, self.scale)? } else { raw })?; // S = q k^T * scale + bias
         let scores = match layout {
-            Layout::Causal => scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?.to_dtype(x.dtype())?)?,
-            Layout::Custom { bias, .. } => scores.broadcast_add(&bias.to_dtype(x.dtype())?)?,
+            Layout::Causal => scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?.to_dtype(scores.dtype())?)?,
+            Layout::Custom { bias, .. } => scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?,
         };
-        let probs = softmax_last_dim(&scores)?; // A = softmax(S)
-        let o = probs.matmul(&ve)?; // o = A v   [B, H, T, hd]
+        let probs = softmax_last_dim(&scores)?; // A = softmax(S), wide   [B, H, T, T]
+        // A is rounded to the compute dtype for the value matmul (transformers: `.to(query.dtype)`).
+        let o = matmul(&probs.to_dtype(x.dtype())?, &ve)?; // o = A v   [B, H, T, hd]
         let og = self.gated_heads(&o, head_gate)?; // [B, T, H*hd]
         let y = self.o.forward(&og)?; // out = concat_h(g_h o_h) Wo + bo
         Ok((y, AttnActs { q: qs, k: ke, v: ve, pattern: probs, z: o }))
@@ -108,6 +123,23 @@ impl Attention {
 
     pub fn n_params(&self) -> usize {
         self.q.n_params() + self.k.n_params() + self.v.n_params() + self.o.n_params()
+    }
+
+    /// Whether, in `dt`, the scale multiplies the scores rather than q: only in bf16/f16 and
+    /// only for families that do so ([`Attention::scale_queries`] false).
+    pub fn scales_scores(&self, dt: DType) -> bool {
+        !self.scale_queries && super::wide_dtype(dt) != dt
+    }
+}
+
+/// `x * s` for a scalar s, rounded once to x's dtype. For bf16/f16 the product is formed in f32:
+/// candle's affine would first round s itself to the half type (1/sqrt(8) is off by 1e-4 in
+/// f16), where PyTorch multiplies by the f32 scalar. f32 and f64 multiply as before.
+fn scale_by(x: &Tensor, s: f64) -> Result<Tensor> {
+    if super::wide_dtype(x.dtype()) == x.dtype() {
+        Ok((x * s)?)
+    } else {
+        Ok((widen(x)? * s)?.to_dtype(x.dtype())?)
     }
 }
 
@@ -136,21 +168,32 @@ impl Attention {
         let split = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
         let merge = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.transpose(1, 2)?.reshape((b, t, n * hd))?) };
         // out = concat_h(g_h o_h) Wo + bo  =>  d(g o) = dy Wo
+        let dt = dy.dtype();
         let d_go = split(self.o.backward(dy)?, h)?; //   [B, H, T, hd]
-        let head_dot = (&a.z * &d_go)?.sum(D::Minus1)?; // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]
+        // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]: the importance dot, products and the sum over
+        // hd in the wide dtype (f32 for bf16/f16), never rounded to half precision.
+        let head_dot = (widen(&a.z)? * widen(&d_go)?)?.sum(D::Minus1)?;
         let d_o = match head_gate {
-            Some(g) => d_go.broadcast_mul(&g.to_dtype(d_go.dtype())?.reshape((1, h, 1, 1))?)?,
+            Some(g) => d_go.broadcast_mul(&g.to_dtype(dt)?.reshape((1, h, 1, 1))?)?,
             None => d_go,
         };
-        // o = A v  =>  dA = do v^T,  dv = A^T do
-        let d_probs = d_o.matmul(&a.v.t()?)?;
-        let d_ve = a.pattern.t()?.matmul(&d_o)?;
-        // A = softmax(S)  =>  dS = A * (dA - rowsum(dA * A))   (masked entries have A = 0)
+        // o = A v  =>  dA = do v^T,  dv = A^T do   (matmuls in the compute dtype, A rounded to
+        // it as in the forward)
+        let d_probs = matmul(&d_o, &a.v.t()?)?;
+        let d_ve = matmul(&a.pattern.to_dtype(dt)?.t()?, &d_o)?;
+        // A = softmax(S)  =>  dS = A * (dA - rowsum(dA * A))   (masked entries have A = 0);
+        // in the softmax's wide dtype, rounded to the compute dtype once (PyTorch's autograd
+        // through `softmax(dtype=float32)` does the same).
+        let d_probs = widen(&d_probs)?;
         let row = (&d_probs * &a.pattern)?.sum_keepdim(D::Minus1)?;
-        let d_scores = (&a.pattern * d_probs.broadcast_sub(&row)?)?;
+        let d_scores = (&a.pattern * d_probs.broadcast_sub(&row)?)?.to_dtype(dt)?;
         // S = (q scale) k^T  =>  dq = dS k scale,  dk = dS^T (q scale)
-        let mut d_q = (d_scores.matmul(&a.k)? * self.scale)?;
-        let d_ke = d_scores.t()?.matmul(&a.q)?;
+        // S = (q k^T) scale  =>  d(q k^T) = dS scale,  dq = d(q k^T) k,  dk = d(q k^T)^T q
+        let after = self.scales_scores(dt);
+        let d_raw = if after { scale_by(&d_scores, self.scale)? } else { d_scores };
+        let d_q = matmul(&d_raw, &a.k)?;
+        let mut d_q = if after { d_q } else { scale_by(&d_q, self.scale)? };
+        let d_ke = matmul(&d_raw.t()?, &a.q)?;
         // GQA: a kv head's gradient sums over the query heads that read it.
         let mut d_k = sum_groups(&d_ke, rep)?;
         let d_v = sum_groups(&d_ve, rep)?;

@@ -79,15 +79,20 @@ fn activation_budget(on_host: bool) -> usize {
 }
 
 impl Model {
-    /// Bytes of activations one block keeps for a B x T batch (f32 estimate).
+    /// Bytes of activations one block keeps for a B x T batch: everything in the compute dtype
+    /// but the attention pattern, which is kept wide (f32 for bf16/f16; attention.rs).
     pub fn block_activation_bytes(&self, b: usize, t: usize) -> usize {
         let i = &self.info;
         let bt = b * t;
-        let floats = bt * i.hidden * 4 // resid_pre, ln1, resid_mid, mlp_out
+        let (size, wide) = match i.compute_dtype.as_str() {
+            "bf16" | "f16" => (2, 4),
+            "f64" => (8, 8),
+            _ => (4, 4),
+        };
+        let values = bt * i.hidden * 4 // resid_pre, ln1, resid_mid, mlp_out
             + bt * i.n_heads * i.head_dim * 4 // attn.q, k, v, z
-            + b * i.n_heads * t * t // attn.pattern
             + bt * i.ffn_dim * 2; // pre-activations (gate + up for SwiGLU)
-        floats * 4
+        values * size + b * i.n_heads * t * t * wide // + attn.pattern
     }
 
     /// One forward + activation-only backward. The loss is the sum over targets of each
@@ -197,8 +202,10 @@ impl Model {
         let x = x.to_device(&hdev)?;
         let rows_t = Tensor::from_vec(rows, n, &hdev)?;
         let h = x.reshape((b * t, d))?.index_select(&rows_t, 0)?; // [N, D]
-        let logits = self.head.forward(&h)?; // [N, V]
-        let logp = super::log_softmax_last_dim(&logits)?;
+        let logits = self.head.forward(&h)?; // [N, V] in the compute dtype
+        // log-softmax, the loss and its gradient in the wide dtype (f32 for bf16/f16), as
+        // transformers computes its loss on `logits.float()`.
+        let logp = super::log_softmax_last_dim(&logits)?; // [N, V] wide
         let labels_t = Tensor::from_vec(labels, n, &hdev)?;
         let picked: Vec<f64> = logp.gather(&labels_t.unsqueeze(1)?, 1)?.squeeze(1)?.to_dtype(DType::F64)?.to_vec1()?;
         let mut losses = Vec::with_capacity(targets.len());
@@ -208,14 +215,15 @@ impl Model {
             k += tg.len;
         }
         // loss = -sum_i w_i log softmax(logits_i)[y_i]  =>  dlogits = w (softmax - onehot)
-        let w = Tensor::from_vec(weights, (n, 1), &hdev)?.to_dtype(logits.dtype())?;
-        let onehot = Tensor::zeros((n, logits.dim(1)?), logits.dtype(), &hdev)?.scatter_add(
+        let w = Tensor::from_vec(weights, (n, 1), &hdev)?.to_dtype(logp.dtype())?;
+        let onehot = Tensor::zeros((n, logp.dim(1)?), logp.dtype(), &hdev)?.scatter_add(
             &labels_t.unsqueeze(1)?,
-            &Tensor::ones((n, 1), logits.dtype(), &hdev)?,
+            &Tensor::ones((n, 1), logp.dtype(), &hdev)?,
             1,
         )?;
-        let dlogits = (logp.exp()? - onehot)?.broadcast_mul(&w)?;
-        let dh = self.head.backward(&h, &dlogits)?; // [N, D]
+        let dlogits = (logp.exp()? - onehot)?.broadcast_mul(&w)?; // [N, V] wide
+        // Back into the compute dtype at the unembedding (the backward of `.float()`).
+        let dh = self.head.backward(&h, &dlogits.to_dtype(logits.dtype())?)?; // [N, D]
         let dx = Tensor::zeros((b * t, d), x.dtype(), &hdev)?.index_add(&rows_t, &dh, 0)?.reshape((b, t, d))?;
         Ok((losses, dx))
     }

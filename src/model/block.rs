@@ -20,6 +20,7 @@ use super::attention::{Attention, AttnActs};
 use super::layout::Layout;
 use super::mlp::{Mlp, MlpActs};
 use super::norm::Norm;
+use super::widen;
 
 /// How a block wires its two branches to the residual stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -157,7 +158,7 @@ impl Block {
         };
         // resid_mid = x + attn(ln1)   (ln1 = n1(x), or x for post-norm)
         let (ln1, attn_out, attn) = self.attention_half(x, layout, head_gate)?;
-        let resid_mid = (x + attn_out)?;
+        let resid_mid = (x + &attn_out)?;
         let (y, branch, resid_post_unnormed) = match self.residual {
             Residual::PreNorm => {
                 // y = resid_mid + g mlp(n2 resid_mid)
@@ -173,9 +174,15 @@ impl Block {
                 (self.ffn_norm.forward(&z2)?, branch, Some(z2))
             }
             Residual::Parallel => {
-                // y = (x + attn(n1 x)) + g mlp(n2 x): both branches read the block input
+                // y = (x + attn(n1 x)) + g mlp(n2 x): both branches read the block input. In
+                // bf16/f16 the sum is taken in transformers' GPT-NeoX order, (g mlp + attn) + x,
+                // since there the order decides the rounding; f32 keeps the order it always had.
                 let branch = ffn(&self.ffn_norm.forward(x)?)?;
-                (plus_ffn(&resid_mid, &branch)?, branch, None)
+                let y = match &branch {
+                    Some((_, _, gf)) if super::wide_dtype(x.dtype()) != x.dtype() => ((gf + &attn_out)? + x)?,
+                    _ => plus_ffn(&resid_mid, &branch)?,
+                };
+                (y, branch, None)
             }
         };
         let (mlp_out, mlp) = match branch {
@@ -195,7 +202,7 @@ impl Block {
         let x = &acts.resid_pre;
         match self.residual {
             Residual::PreNorm => {
-                let ffn_dot = (f * dy)?.sum(D::Minus1)?;
+                let ffn_dot = ffn_dot(f, dy)?;
                 let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
                 let dx1 = (dy + self.ffn_norm.backward(&acts.resid_mid, &dn2)?)?;
                 let (dn1, head_dot) = self.attn.backward(&acts.attn, layout, head_gate, &dx1)?;
@@ -205,14 +212,14 @@ impl Block {
             Residual::PostNorm => {
                 let z2 = acts.resid_post_unnormed.as_ref().ok_or_else(|| anyhow!("internal: post-norm activations lack ln2's input"))?;
                 let dz2 = self.ffn_norm.backward(z2, dy)?;
-                let ffn_dot = (f * &dz2)?.sum(D::Minus1)?;
+                let ffn_dot = ffn_dot(f, &dz2)?;
                 let dy1 = (&dz2 + self.mlp.backward(mlp, &(&dz2 * g)?)?)?;
                 let dz1 = self.attn_norm.backward(&acts.resid_mid, &dy1)?;
                 let (dxa, head_dot) = self.attn.backward(&acts.attn, layout, head_gate, &dz1)?;
                 Ok(BlockGrads { dx: (dz1 + dxa)?, head_dot, ffn_dot })
             }
             Residual::Parallel => {
-                let ffn_dot = (f * dy)?.sum(D::Minus1)?;
+                let ffn_dot = ffn_dot(f, dy)?;
                 let (dn1, head_dot) = self.attn.backward(&acts.attn, layout, head_gate, dy)?;
                 let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
                 let dx = ((dy + self.attn_norm.backward(x, &dn1)?)? + self.ffn_norm.backward(x, &dn2)?)?;
@@ -230,6 +237,13 @@ impl Block {
     pub fn n_params(&self) -> usize {
         self.attn_norm.n_params() + self.attn.n_params() + self.ffn_norm.n_params() + self.mlp.n_params()
     }
+}
+
+/// <f_t, dL/d(g f)_t> per token `[B, T]` from f and the gradient at the branch output
+/// `[B, T, D]`: the FFN importance dot, formed in the wide dtype (f32 for bf16/f16) like the
+/// head dots, never rounded to half precision.
+fn ffn_dot(f: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    Ok((widen(f)? * widen(dy)?)?.sum(D::Minus1)?)
 }
 
 impl Block {

@@ -3,8 +3,9 @@
 //! its forward, its activation-keeping forward and its backward side by side. This module
 //! re-exports them under their historical path `model::blocks`.
 //!
-//! Everything computes in f32 by default: on CPU candle's bf16 is slower than f32 (it converts
-//! per matmul), and golden parity with transformers is checked in f32.
+//! They compute in the model's compute dtype (f32 by default on the CPU, where candle's bf16 is
+//! slower: it converts per matmul); in bf16/f16 the precision-sensitive ops run in f32 as
+//! transformers does (docs/precision.md, [`super::wide_dtype`]).
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};

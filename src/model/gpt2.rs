@@ -69,6 +69,7 @@ pub(crate) fn from_hf(cfg: &ConfigJson, ws: Arc<dyn WeightSource>, ctx: &LoadCtx
                 n_kv_heads: n_heads,
                 head_dim: hd,
                 scale,
+                scale_queries: false,
                 rope: None,
                 sliding_window: None,
             },

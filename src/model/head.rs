@@ -42,7 +42,7 @@ impl LmHead {
     /// h `[N, D]` (residual stream rows) and dlogits `[N, V]` -> dh `[N, D]`.
     pub fn backward(&self, h: &Tensor, dlogits: &Tensor) -> Result<Tensor> {
         // logits = z W_U^T  =>  dz = dlogits W_U
-        let dz = dlogits.matmul(&self.unembed)?;
+        let dz = Linear::new(self.unembed.clone(), None).backward(dlogits)?;
         // z = project_out(n(h))  =>  d n(h) = dz P
         let dz1 = match &self.project_out {
             Some(p) => p.backward(&dz)?,

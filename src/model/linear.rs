@@ -8,7 +8,7 @@
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
-use super::{conv, conv_opt};
+use super::{conv, conv_opt, widen};
 
 /// `y = x W^T + b`, HF `nn.Linear` layout. weight `[out, in]`, bias `[out]`.
 #[derive(Clone, Debug)]
@@ -32,10 +32,14 @@ impl Linear {
         let dims = x.dims().to_vec();
         let n_in = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / n_in.max(1);
-        let y = x.reshape((rows, n_in))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, n_in))?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            // Half precision on the CPU: x W^T + b in f32, rounded once (PyTorch's addmm adds
+            // the bias before its one rounding; rounding the product first and again after the
+            // bias moves a bf16 model's logits by as much as the whole bf16-vs-f32 spread).
+            Some(b) if widened_gemm(x) => (widen(&x2)?.matmul(&widen(&self.weight)?.t()?)?.broadcast_add(&widen(b)?)?).to_dtype(x.dtype())?,
+            Some(b) => matmul(&x2, &self.weight.t()?)?.broadcast_add(b)?,
+            None => matmul(&x2, &self.weight.t()?)?,
         };
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap_or(&mut 0) = self.out_features();
@@ -51,12 +55,32 @@ impl Linear {
     pub fn backward(&self, dy: &Tensor) -> Result<Tensor> {
         let dims = dy.dims().to_vec();
         let rows = dy.elem_count() / self.out_features();
-        let dx = dy.reshape((rows, self.out_features()))?.matmul(&self.weight)?;
+        let dx = matmul(&dy.reshape((rows, self.out_features()))?, &self.weight)?;
         let mut out = dims;
         if let Some(last) = out.last_mut() {
             *last = self.in_features();
         }
         Ok(dx.reshape(out)?)
+    }
+}
+
+/// Whether a matmul on `x` runs as an f32 gemm over widened operands: half-precision tensors on
+/// the CPU. candle's CPU backend has no bf16 gemm kernel and widens both operands to f32
+/// internally anyway (so this costs nothing extra there); for f16 this makes the accumulation
+/// f32 whatever candle's f16 kernel does. On CUDA the native half gemm (cuBLAS, f32
+/// accumulation, one rounding) is used as is, and a bias is added after its rounding.
+fn widened_gemm(x: &Tensor) -> bool {
+    matches!(x.dtype(), DType::BF16 | DType::F16) && x.device().is_cpu()
+}
+
+/// `a b` (batched like [`Tensor::matmul`]) in the operands' dtype, accumulated in f32 and
+/// rounded once for bf16/f16 (PyTorch's CPU and CUDA gemms do the same). f32 and f64 run
+/// candle's matmul unchanged.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if widened_gemm(a) {
+        Ok(widen(a)?.matmul(&widen(b)?)?.to_dtype(a.dtype())?)
+    } else {
+        Ok(a.matmul(b)?)
     }
 }
 

@@ -128,6 +128,7 @@ fn build(a: Arch, ws: Arc<dyn WeightSource>, names: Names, ctx: &LoadCtx) -> Res
                 n_kv_heads: a.n_kv,
                 head_dim: a.hd,
                 scale: (a.hd as f64).powf(-0.5),
+                scale_queries: false,
                 rope: Some(rope.to_device(ld.device)?),
                 sliding_window: a.windows[l],
             },

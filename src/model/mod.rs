@@ -315,9 +315,11 @@ impl Model {
     }
 
     /// hidden `[..., D]` -> logits `[..., V]` (final norm, projection, unembedding), on the
-    /// head's device (the last layer's).
+    /// head's device (the last layer's). The unembedding runs in the compute dtype; the logits
+    /// leave in [`wide_dtype`] (f32 for bf16/f16), since everything downstream (log-softmax,
+    /// log-likelihood sums, argmax, top-k) is wide.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.head.forward(&hidden.to_device(self.head_device())?)
+        Ok(widen(&self.head.forward(&hidden.to_device(self.head_device())?)?)?)
     }
 
     /// The device of the LM head: the last layer's.
@@ -380,8 +382,11 @@ impl<T> PerDevice<T> {
     }
 }
 
-/// `x - logsumexp(x)` over the last dim, `[..., V]`.
+/// `x - logsumexp(x)` over the last dim, `[..., V]`, in [`wide_dtype`] (f32 for bf16/f16
+/// logits: the loss and log-likelihoods never run in half precision, as transformers upcasts
+/// logits with `.float()` before its loss).
 pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let x = &widen(x)?;
     let max = x.max_keepdim(candle_core::D::Minus1)?;
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(candle_core::D::Minus1)?.log()?;
@@ -389,6 +394,23 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 // ---- dtype conversion (f64 copies of a model make exact finite-difference checks possible) ----
+
+/// The dtype the precision-sensitive ops run in for a compute dtype `dt` (docs/precision.md):
+/// norm statistics, the attention softmax and its backward, activation functions, log-softmax
+/// and the loss, and the per-token gate dots. f32 for the half types (what transformers does in
+/// bf16/f16: `softmax(dtype=float32)`, RMSNorm's upcast, LayerNorm's f32 accumulation);
+/// `dt` itself otherwise, so f32 runs the very same ops as before and f64 copies stay f64.
+pub fn wide_dtype(dt: DType) -> DType {
+    match dt {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
+}
+
+/// `t` in [`wide_dtype`] of its dtype (a cheap clone when it already is).
+pub fn widen(t: &Tensor) -> candle_core::Result<Tensor> {
+    t.to_dtype(wide_dtype(t.dtype()))
+}
 
 pub(crate) fn conv(t: &Tensor, dt: candle_core::DType) -> Result<Tensor> {
     Ok(t.to_dtype(dt)?)

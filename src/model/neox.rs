@@ -89,6 +89,7 @@ pub(crate) fn from_hf(cfg: &ConfigJson, ws: Arc<dyn WeightSource>, ctx: &LoadCtx
                 n_kv_heads: n_heads,
                 head_dim: hd,
                 scale: (hd as f64).powf(-0.5),
+                scale_queries: false,
                 rope: Some(rope.to_device(ld.device)?),
                 sliding_window: None,
             },

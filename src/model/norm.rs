@@ -8,7 +8,7 @@
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 
-use super::{conv, conv_opt};
+use super::{conv, conv_opt, widen};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -29,8 +29,17 @@ pub struct Norm {
 }
 
 impl Norm {
-    /// x `[..., D]` -> `[..., D]`.
+    /// x `[..., D]` -> `[..., D]`, in x's dtype.
+    ///
+    /// Precision (docs/precision.md): the statistics always run in [`wide_dtype`] (f32 for
+    /// bf16/f16 inputs). LayerNorm then scales and shifts in f32 too and rounds once (PyTorch's
+    /// LayerNorm kernel accumulates and applies weight and bias in f32 for half inputs); RMSNorm
+    /// rounds the normalized x back to the compute dtype and multiplies by the weight there
+    /// (transformers' LlamaRMSNorm: `weight * hidden.to(input_dtype)`). For f32 and f64 every
+    /// conversion below is a no-op.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let x = &widen(x)?; // [..., D] in the wide dtype
         let d = x.dim(D::Minus1)? as f64;
         let normed = match self.kind {
             NormKind::LayerNorm => {
@@ -44,10 +53,22 @@ impl Norm {
                 x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
             }
         };
-        let y = normed.broadcast_mul(&self.weight)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        Ok(match self.kind {
+            NormKind::LayerNorm => {
+                let y = normed.broadcast_mul(&widen(&self.weight)?)?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(&widen(b)?)?,
+                    None => y,
+                }
+                .to_dtype(dt)?
+            }
+            NormKind::RmsNorm => {
+                let y = normed.to_dtype(dt)?.broadcast_mul(&self.weight)?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
         })
     }
     pub fn n_params(&self) -> usize {
@@ -59,11 +80,18 @@ impl Norm {
     /// Backward of y = norm(x) * w (+ b), statistics recomputed from x. `[..., D]` both.
     ///   LayerNorm: xh = (x - mean) / s;  dx = (dxh - mean(dxh) - xh * mean(dxh * xh)) / s
     ///   RMSNorm:   xh = x / r;           dx = (dxh - xh * mean(dxh * xh)) / r
-    /// with dxh = dy * w.
+    /// with dxh = dy * w. Precision mirrors the forward (what autograd does to it in PyTorch):
+    /// dxh is formed in f32 for LayerNorm and in the compute dtype for RMSNorm (then widened);
+    /// everything after it runs in the wide dtype and dx is rounded once to dy's dtype.
     pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let dt = dy.dtype();
+        let x = &widen(x)?;
         let d = x.dim(D::Minus1)? as f64;
-        let dxh = dy.broadcast_mul(&self.weight)?;
-        Ok(match self.kind {
+        let dxh = match self.kind {
+            NormKind::LayerNorm => widen(dy)?.broadcast_mul(&widen(&self.weight)?)?,
+            NormKind::RmsNorm => widen(&dy.broadcast_mul(&self.weight)?)?,
+        };
+        let dx = match self.kind {
             NormKind::LayerNorm => {
                 let mean = (x.sum_keepdim(D::Minus1)? / d)?;
                 let xc = x.broadcast_sub(&mean)?;
@@ -79,7 +107,8 @@ impl Norm {
                 let m2 = ((&dxh * &xh)?.sum_keepdim(D::Minus1)? / d)?;
                 dxh.sub(&xh.broadcast_mul(&m2)?)?.broadcast_div(&r)?
             }
-        })
+        };
+        Ok(dx.to_dtype(dt)?)
     }
 }
 

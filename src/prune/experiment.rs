@@ -613,6 +613,7 @@ impl Evaluator<'_> {
             obj.insert("model".into(), serde_json::json!(self.folder.manifest.model.path));
             obj.insert("mask".into(), serde_json::Value::Null);
             obj.insert("headroom_version".into(), serde_json::json!(env!("CARGO_PKG_VERSION")));
+            obj.insert("compute_dtype".into(), serde_json::json!(self.folder.manifest.compute_dtype));
         }
         self.folder.store(&baseline_key(&u.task, u.shots), &summary)?;
         Ok((out.summary.point(), summary))
