@@ -359,6 +359,22 @@ impl WeightSource for SafetensorsWeights {
     /// arithmetic), then `to_dtype` converts when the compute dtype differs.
     fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         let (shard, info, bytes) = self.bytes_of(name, shape)?;
+        // Ask the kernel to read the whole tensor ahead (streaming reads each tensor once, front
+        // to back; without the hint a cold map is read a few pages per fault).
+        let _ = shard.mmap.advise_range(memmap2::Advice::WillNeed, shard.data_start + info.data_offsets.0, bytes.len());
+        // Half-precision storage into f32 compute in one pass (no half-precision intermediate):
+        // what streaming a bf16 checkpoint into an f32 model does for every block.
+        match (info.dtype, dtype) {
+            (Dtype::BF16, DType::F32) => {
+                let v: Vec<f32> = bytes.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect();
+                return Ok(Tensor::from_vec(v, shape, device)?);
+            }
+            (Dtype::F16, DType::F32) => {
+                let v: Vec<f32> = bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+                return Ok(Tensor::from_vec(v, shape, device)?);
+            }
+            _ => {}
+        }
         let t = match info.dtype {
             Dtype::F32 => Tensor::from_vec(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>(), shape, device)?,
             Dtype::F16 => Tensor::from_vec(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(), shape, device)?,
