@@ -48,6 +48,15 @@ enum Form {
     Bwd,
 }
 
+/// One product: the form and M, K, N (W `[N, K]`).
+#[derive(Clone, Copy)]
+struct Cell {
+    f: Form,
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
 struct Blas {
     name: &'static str,
     sgemm: Sgemm,
@@ -58,8 +67,8 @@ struct Blas {
 impl Blas {
     /// C = A · op(B) row-major; fwd: A = x `[M, K]`, B = W `[N, K]` transposed, C `[M, N]`;
     /// bwd: A = dy `[M, N]`, B = W `[N, K]`, C `[M, K]`.
-    fn run<T>(&self, f: Form, m: usize, k: usize, n: usize, a: &[T], w: &[T], c: &mut [f32], g: unsafe extern "C" fn(i32, i32, i32, i32, i32, i32, f32, *const T, i32, *const T, i32, f32, *mut f32, i32)) {
-        let (m, k, n) = (m as i32, k as i32, n as i32);
+    fn run<T>(&self, cell: Cell, a: &[T], w: &[T], c: &mut [f32], g: unsafe extern "C" fn(i32, i32, i32, i32, i32, i32, f32, *const T, i32, *const T, i32, f32, *mut f32, i32)) {
+        let (f, m, k, n) = (cell.f, cell.m as i32, cell.k as i32, cell.n as i32);
         // SAFETY: the slices hold M*K (or M*N), N*K and the output's elements, as the leading
         // dimensions say; the library only reads a and w and writes c.
         unsafe {
@@ -191,6 +200,7 @@ fn main() {
                 let flops = 2.0 * (m * n * k) as f64;
                 for f in [Form::Fwd, Form::Bwd] {
                     let a = if f == Form::Fwd { &x } else { &dy };
+                    let cell = Cell { f, m, k, n };
                     let cdl = flops / best(secs, || drop(candle(f, a, &w))) / 1e9;
                     let mut row = format!("{:<5} {:<4} {m:>5} {k:>5} {n:>5} {cdl:>9.1}", if dt == DType::F32 { "f32" } else { "bf16" }, if f == Form::Fwd { "fwd" } else { "bwd" });
                     let mut top = cdl;
@@ -199,19 +209,19 @@ fn main() {
                         let g = match dt {
                             DType::F32 => {
                                 let (av, wv) = (a.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("a"), w.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("w"));
-                                Some(flops / best(secs, || l.run(f, m, k, n, &av, &wv, &mut c, l.sgemm)) / 1e9)
+                                Some(flops / best(secs, || l.run(cell, &av, &wv, &mut c, l.sgemm)) / 1e9)
                             }
                             _ => l.bgemm.map(|bg| {
                                 let bits = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<bf16>()).expect("bf16").iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
                                 let (av, wv) = (bits(a), bits(&w));
-                                flops / best(secs, || l.run(f, m, k, n, &av, &wv, &mut c, bg)) / 1e9
+                                flops / best(secs, || l.run(cell, &av, &wv, &mut c, bg)) / 1e9
                             }),
                         };
                         top = top.max(g.unwrap_or(0.0));
                         row += &g.map_or(format!(" {:>9}", "-"), |g| format!(" {g:>9.1}"));
                     }
                     if let Some(d) = &dnnl {
-                        let g = d.time(f, m, k, n, a, &w, secs).map(|s| flops / s / 1e9);
+                        let g = d.time(cell, a, &w, secs).map(|s| flops / s / 1e9);
                         top = top.max(g.unwrap_or(0.0));
                         row += &g.map_or(format!(" {:>9}", "-"), |g| format!(" {g:>9.1}"));
                     }
@@ -282,7 +292,8 @@ impl Dnnl {
     /// Best seconds per call: src a `[M, K]` (fwd) or `[M, N]` (bwd), weights W `[N, K]` read
     /// through strides (fwd: Wᵀ as `[K, N]` with strides (1, K)), f32 dst. The primitive and
     /// memory objects are made once (leaked: a bench process).
-    fn time(&self, f: Form, m: usize, k: usize, n: usize, a: &Tensor, w: &Tensor, secs: f64) -> Option<f64> {
+    fn time(&self, cell: Cell, a: &Tensor, w: &Tensor, secs: f64) -> Option<f64> {
+        let Cell { f, m, k, n } = cell;
         let dt = if a.dtype() == DType::BF16 { DNNL_BF16 } else { DNNL_F32 };
         let (k_in, n_out) = if f == Form::Fwd { (k, n) } else { (n, k) };
         let (a_dims, a_str) = ([m as i64, k_in as i64], [k_in as i64, 1]);
