@@ -9,13 +9,14 @@
 //!   bwd  dx `[M, K]` = dy `[M, N]` · W   (Linear::backward)
 //! f32, and bf16 inputs with f32 accumulation (and f32 output for the BLAS bf16 entry points;
 //! candle's bf16 matmul returns bf16). 2·M·N·K FLOPs per product; best of the repetitions.
-//! oneDNN: one matmul primitive per shape, created before timing (plain strided layouts, W read
+//! A '!' after a figure: that library's product disagreed with candle's f32 product of the same
+//! inputs (beyond 1e-3 of its largest entry). oneDNN: one matmul primitive per shape, created before timing (plain strided layouts, W read
 //! in place). Every library runs on 2 threads (OPENBLAS/MKL/OMP/torch set here, rayon: RAYON_NUM_THREADS or
 //! all cores, which is 2 on the bench machine).
 //! Env: HEADROOM_MATMUL_M (rows, "1024,4096"), HEADROOM_MATMUL_SECS (0.4: time per cell),
 //! HEADROOM_BLAS_DIR (where fetch-blas.sh put the libraries; default <cache>/blas),
-//! HEADROOM_BENCH_PYTHON, OPENBLAS_CORETYPE (e.g. SkylakeX: OpenBLAS picks Haswell kernels
-//! on Zen 4 by itself).
+//! HEADROOM_BENCH_PYTHON, OPENBLAS_CORETYPE (default SkylakeX where AVX-512 is present:
+//! OpenBLAS picks Haswell kernels on Zen 4 by itself).
 
 mod common;
 
@@ -153,6 +154,22 @@ fn candle(f: Form, a: &Tensor, w: &Tensor) -> Tensor {
     }
 }
 
+/// max |got - want| <= 1e-3 max |want|: f32 accumulation in another order (K <= 3072) stays
+/// orders of magnitude below this; a wrong transpose or stride does not.
+fn close(got: &[f32], want: &[f32]) -> bool {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 1e-3 * scale)
+}
+
+/// A table cell: GFLOP/s, '-' when the library has no such entry point, '!' after a figure
+/// whose product disagreed with the reference.
+fn cell_text(g: Option<f64>, wrong: bool) -> String {
+    match g {
+        Some(g) => format!(" {:>9}", format!("{g:.1}{}", if wrong { "!" } else { "" })),
+        None => format!(" {:>9}", "-"),
+    }
+}
+
 /// PyTorch: seconds per cell keyed "form dtype m k n", from tools/bench_matmul_torch.py.
 fn torch(ms: &[usize], secs: f64) -> Option<serde_json::Value> {
     let py = common::python()?;
@@ -171,6 +188,12 @@ fn main() {
     std::env::set_var("OPENBLAS_NUM_THREADS", THREADS.to_string());
     std::env::set_var("MKL_NUM_THREADS", THREADS.to_string());
     std::env::set_var("OMP_NUM_THREADS", THREADS.to_string());
+    // OpenBLAS's DYNAMIC_ARCH takes Zen 4 for Haswell (AVX2 kernels, ~0.6x of its SkylakeX
+    // AVX-512 kernels here); give it SkylakeX where AVX-512 is there, unless told otherwise.
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var_os("OPENBLAS_CORETYPE").is_none() && std::is_x86_feature_detected!("avx512f") {
+        std::env::set_var("OPENBLAS_CORETYPE", "SkylakeX");
+    }
     let ms: Vec<usize> = std::env::var("HEADROOM_MATMUL_M").unwrap_or_else(|_| "1024,4096".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
     let secs = std::env::var("HEADROOM_MATMUL_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(0.4);
     let dir = blas_dir();
@@ -205,6 +228,10 @@ fn main() {
                     let mut row = format!("{:<5} {:<4} {m:>5} {k:>5} {n:>5} {cdl:>9.1}", if dt == DType::F32 { "f32" } else { "bf16" }, if f == Form::Fwd { "fwd" } else { "bwd" });
                     let mut top = cdl;
                     let mut c = vec![0f32; m * n.max(k)];
+                    // The reference for every library: candle in f32 on the same (for bf16:
+                    // bf16-rounded) inputs, so a wrong transpose or stride shows as a '!'.
+                    let to32 = |t: &Tensor| t.to_dtype(DType::F32).expect("f32");
+                    let want = candle(f, &to32(a), &to32(&w)).flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("want");
                     for l in &libs {
                         let g = match dt {
                             DType::F32 => {
@@ -218,12 +245,13 @@ fn main() {
                             }),
                         };
                         top = top.max(g.unwrap_or(0.0));
-                        row += &g.map_or(format!(" {:>9}", "-"), |g| format!(" {g:>9.1}"));
+                        row += &cell_text(g, g.is_some() && !close(&c[..want.len()], &want));
                     }
                     if let Some(d) = &dnnl {
-                        let g = d.time(cell, a, &w, secs).map(|s| flops / s / 1e9);
+                        let r = d.time(cell, a, &w, secs);
+                        let g = r.as_ref().map(|(s, _)| flops / s / 1e9);
                         top = top.max(g.unwrap_or(0.0));
-                        row += &g.map_or(format!(" {:>9}", "-"), |g| format!(" {g:>9.1}"));
+                        row += &cell_text(g, r.is_some_and(|(_, got)| !close(&got, &want)));
                     }
                     let key = format!("{} {} {m} {k} {n}", if f == Form::Fwd { "fwd" } else { "bwd" }, if dt == DType::F32 { "f32" } else { "bf16" });
                     let tg = torch.as_ref().and_then(|t| t[&key].as_f64()).map(|s| flops / s / 1e9);
@@ -292,7 +320,8 @@ impl Dnnl {
     /// Best seconds per call: src a `[M, K]` (fwd) or `[M, N]` (bwd), weights W `[N, K]` read
     /// through strides (fwd: Wᵀ as `[K, N]` with strides (1, K)), f32 dst. The primitive and
     /// memory objects are made once (leaked: a bench process).
-    fn time(&self, cell: Cell, a: &Tensor, w: &Tensor, secs: f64) -> Option<f64> {
+    /// Returns (seconds, the product as f32 for the check).
+    fn time(&self, cell: Cell, a: &Tensor, w: &Tensor, secs: f64) -> Option<(f64, Vec<f32>)> {
         let Cell { f, m, k, n } = cell;
         let dt = if a.dtype() == DType::BF16 { DNNL_BF16 } else { DNNL_F32 };
         let (k_in, n_out) = if f == Form::Fwd { (k, n) } else { (n, k) };
@@ -327,10 +356,11 @@ impl Dnnl {
                 return None;
             }
             let args = [ExecArg { arg: ARG_SRC, memory: am }, ExecArg { arg: ARG_WEIGHTS, memory: wm }, ExecArg { arg: ARG_DST, memory: cm }];
-            Some(best(secs, || {
+            let t = best(secs, || {
                 (self.exec)(prim, self.stream, 3, args.as_ptr());
                 (self.wait)(self.stream);
-            }))
+            });
+            Some((t, cv.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
         }
     }
 }
