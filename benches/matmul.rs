@@ -15,8 +15,8 @@
 //! all cores, which is 2 on the bench machine).
 //! Env: HEADROOM_MATMUL_M (rows, "1024,4096"), HEADROOM_MATMUL_SECS (0.4: time per cell),
 //! HEADROOM_BLAS_DIR (where fetch-blas.sh put the libraries; default <cache>/blas),
-//! HEADROOM_BENCH_PYTHON, OPENBLAS_CORETYPE (default SkylakeX where AVX-512 is present:
-//! OpenBLAS picks Haswell kernels on Zen 4 by itself).
+//! HEADROOM_BENCH_PYTHON, HEADROOM_OPENBLAS_CORETYPE (OpenBLAS's kernels, e.g. Haswell;
+//! default: its own choice, SkylakeX on Zen 4, whatever OPENBLAS_CORETYPE says).
 
 mod common;
 
@@ -188,11 +188,22 @@ fn main() {
     std::env::set_var("OPENBLAS_NUM_THREADS", THREADS.to_string());
     std::env::set_var("MKL_NUM_THREADS", THREADS.to_string());
     std::env::set_var("OMP_NUM_THREADS", THREADS.to_string());
-    // OpenBLAS's DYNAMIC_ARCH takes Zen 4 for Haswell (AVX2 kernels, ~0.6x of its SkylakeX
-    // AVX-512 kernels here); give it SkylakeX where AVX-512 is there, unless told otherwise.
-    #[cfg(target_arch = "x86_64")]
-    if std::env::var_os("OPENBLAS_CORETYPE").is_none() && std::is_x86_feature_detected!("avx512f") {
-        std::env::set_var("OPENBLAS_CORETYPE", "SkylakeX");
+    // OpenBLAS reads OPENBLAS_CORETYPE from the environment the process started with (a
+    // set_var here does not reach it). Left unset it picks SkylakeX (AVX-512) on Zen 4; an
+    // inherited value (this machine's environment sets Haswell: AVX2, ~0.6x) would make the
+    // column the wrong kernels, so the bench runs itself again with the core it is told by
+    // HEADROOM_OPENBLAS_CORETYPE, or none.
+    let want_core = std::env::var_os("HEADROOM_OPENBLAS_CORETYPE");
+    if std::env::var_os("OPENBLAS_CORETYPE") != want_core {
+        let me = std::env::current_exe().expect("the bench's own path");
+        let mut cmd = Command::new(me);
+        cmd.args(std::env::args_os().skip(1));
+        match &want_core {
+            Some(c) => cmd.env("OPENBLAS_CORETYPE", c),
+            None => cmd.env_remove("OPENBLAS_CORETYPE"),
+        };
+        let status = cmd.status().expect("rerun the bench");
+        std::process::exit(status.code().unwrap_or(1));
     }
     let ms: Vec<usize> = std::env::var("HEADROOM_MATMUL_M").unwrap_or_else(|_| "1024,4096".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
     let secs = std::env::var("HEADROOM_MATMUL_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(0.4);
