@@ -20,6 +20,7 @@ fn env_usize(k: &str, d: usize) -> usize {
 }
 
 fn main() {
+    headroom::tune_allocator(); // as the binary does
     let cache = headroom::assets::cache_dir().expect("cache dir");
     let path = headroom::assets::default_model_path(&cache);
     let data = headroom::assets::data_dir(&cache);

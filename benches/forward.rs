@@ -25,6 +25,7 @@ fn time_forward(m: &Model, b: usize, t: usize, iters: usize) -> f64 {
 }
 
 fn main() {
+    headroom::tune_allocator(); // as the binary does
     let iters = env_usize("HEADROOM_BENCH_ITERS", 3);
     let (b, t) = (env_usize("HEADROOM_BENCH_BATCH", 4), env_usize("HEADROOM_BENCH_SEQ", 256));
     let py = python();

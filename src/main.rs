@@ -74,6 +74,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    headroom::tune_allocator();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
