@@ -8,21 +8,10 @@
 
 mod common;
 
-use std::time::Instant;
 
 use candle_core::Device;
 use common::*;
 use headroom::model::Model;
-
-fn time_forward(m: &Model, b: usize, t: usize, iters: usize) -> f64 {
-    let ids = m.batch_ids(&batch(m, b, t)).expect("batch");
-    m.forward(&ids, None).expect("warmup");
-    let start = Instant::now();
-    for _ in 0..iters {
-        m.forward(&ids, None).expect("forward");
-    }
-    start.elapsed().as_secs_f64() / iters as f64
-}
 
 fn main() {
     headroom::tune_allocator(); // as the binary does

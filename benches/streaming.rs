@@ -80,15 +80,7 @@ fn materialise_rate(path: &Path, files: &[PathBuf]) -> f64 {
 }
 
 fn forward_rate(m: &Model, b: usize, t: usize, iters: usize) -> f64 {
-    let ids = m.batch_ids(&batch(m, b, t)).expect("batch");
-    // One untimed pass first: the allocator's first touch of activation-sized buffers costs
-    // page faults that later passes do not pay (both modes alike).
-    m.forward(&ids, None).expect("warmup");
-    let start = Instant::now();
-    for _ in 0..iters {
-        m.forward(&ids, None).expect("forward");
-    }
-    (b * t * iters) as f64 / start.elapsed().as_secs_f64()
+    (b * t) as f64 / time_forward(m, b, t, iters)
 }
 
 fn random_checkpoint(shape: &str) -> PathBuf {

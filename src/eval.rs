@@ -310,20 +310,14 @@ pub fn score(
     }
     // Each token keeps its residual stream `[D]` alive across the group.
     let group_tokens = crate::model::stack::group_tokens(model, model.info.hidden * model.blocks.dtype().size_in_bytes());
-    let padded = |&(s, e): &(usize, usize)| plans[order[s]].ids.len().max(1) * (e - s);
-    let mut g = 0;
-    while g < batches.len() {
-        let mut h = g + 1;
-        let mut tokens = padded(&batches[g]);
-        while h < batches.len() && tokens + padded(&batches[h]) <= group_tokens {
-            tokens += padded(&batches[h]);
-            h += 1;
-        }
-        let group: Vec<Vec<&Plan>> = batches[g..h].iter().map(|&(s, e)| order[s..e].iter().map(|&i| &plans[i]).collect()).collect();
+    let padded: Vec<usize> = batches.iter().map(|&(s, e)| plans[order[s]].ids.len().max(1) * (e - s)).collect();
+    for range in crate::model::stack::group_ranges(&padded, group_tokens) {
+        let batches_here = &batches[range];
+        let group: Vec<Vec<&Plan>> = batches_here.iter().map(|&(s, e)| order[s..e].iter().map(|&i| &plans[i]).collect()).collect();
         let inputs: Vec<(Tensor, Layout)> = group.iter().map(|b| batch_input(model, b)).collect::<Result<_>>()?;
         let passes: Vec<PassInput<'_>> = inputs.iter().map(|(ids, layout)| PassInput { ids, layout, mask }).collect();
         let hiddens = model.forward_layers_group(&passes, false, &mut |_, _, _, _, _| Ok(()))?;
-        for ((batch, &(s, e)), hidden) in group.iter().zip(&batches[g..h]).zip(hiddens) {
+        for ((batch, &(s, e)), hidden) in group.iter().zip(batches_here).zip(hiddens) {
             let (scores, c) = score_hidden(model, batch, hidden, &fm)?;
             for (k, sc) in order[s..e].iter().zip(scores) {
                 out[*k] = sc;
@@ -331,7 +325,6 @@ pub fn score(
             cost.add(&c);
             progress(e - s);
         }
-        g = h;
     }
     for e in examples {
         cost.naive_tokens += e.options.iter().map(|o| o.ids.len() - 1).sum::<usize>();
@@ -362,8 +355,7 @@ fn batch_input(model: &Model, batch: &[&Plan]) -> Result<(Tensor, Layout)> {
 fn score_hidden(model: &Model, batch: &[&Plan], hidden: Tensor, fm: &FlopModel) -> Result<(Vec<Vec<OptionScore>>, Cost)> {
     let b = batch.len();
     let t = batch.iter().map(|p| p.ids.len()).max().unwrap_or(0).max(1);
-    let dev = hidden.device().clone();
-    let dev = &dev;
+    let dev = &hidden.device().clone(); // the last layer's device (placement)
     let d = hidden.dim(D::Minus1)?;
     let hidden = hidden.reshape((b * t, d))?;
     let mut index = Vec::new();

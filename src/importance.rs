@@ -265,19 +265,10 @@ pub fn accumulate(
     // Each token keeps its residual stream and (recomputing) one saved input per block.
     let dsize = model.blocks.dtype().size_in_bytes();
     let group_tokens = crate::model::stack::group_tokens(model, (model.n_layers() + 2) * model.info.hidden * dsize);
-    let mut groups: Vec<&[&[usize]]> = Vec::new();
-    let mut rest = &chunks[..];
-    while !rest.is_empty() {
-        let mut n = 1;
-        let mut tokens = batch_tokens(prompts, rest[0]);
-        while n < rest.len() && tokens + batch_tokens(prompts, rest[n]) <= group_tokens {
-            tokens += batch_tokens(prompts, rest[n]);
-            n += 1;
-        }
-        groups.push(&rest[..n]);
-        rest = &rest[n..];
-    }
-    for group in groups {
+    // Padded tokens of each batch: its longest prompt times its size.
+    let padded: Vec<usize> = chunks.iter().map(|c| c.iter().map(|&i| prompts[i].len()).max().unwrap_or(0) * c.len()).collect();
+    for range in crate::model::stack::group_ranges(&padded, group_tokens) {
+        let group = &chunks[range];
         let mut batches = Vec::with_capacity(group.len());
         for chunk in group {
             let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| [prompts[i].context.clone(), prompts[i].continuation.clone()].concat()).collect();
@@ -344,10 +335,6 @@ pub fn accumulate(
     Ok((sums, keep.then_some(per_example)))
 }
 
-/// Padded tokens of one batch (its longest prompt times its size).
-fn batch_tokens(prompts: &[TokenizedPrompt], chunk: &[usize]) -> usize {
-    chunk.iter().map(|&i| prompts[i].len()).max().unwrap_or(0) * chunk.len()
-}
 
 fn to_f32(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(candle_core::DType::F32)?)

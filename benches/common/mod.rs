@@ -42,6 +42,19 @@ pub fn default_model_path() -> Option<PathBuf> {
     }
 }
 
+/// Seconds per forward pass (logits at every position) over deterministic ids, after one
+/// untimed pass: the allocator's first touch of activation-sized buffers costs page faults that
+/// later passes do not pay.
+pub fn time_forward(m: &Model, b: usize, t: usize, iters: usize) -> f64 {
+    let ids = m.batch_ids(&batch(m, b, t)).expect("batch");
+    m.forward(&ids, None).expect("warmup");
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        m.forward(&ids, None).expect("forward");
+    }
+    start.elapsed().as_secs_f64() / iters as f64
+}
+
 /// Deterministic token ids `[B][T]`.
 pub fn batch(m: &Model, b: usize, t: usize) -> Vec<Vec<u32>> {
     (0..b).map(|s| (0..t).map(|j| ((s * 7919 + j * 104729) % (m.info.vocab_size - 1)) as u32).collect()).collect()

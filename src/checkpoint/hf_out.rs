@@ -109,17 +109,22 @@ pub fn parse_size(s: &str) -> Result<u64> {
 /// Tensors grouped into shards as `huggingface_hub.split_torch_state_dict_into_shards` does: in
 /// order, a new shard whenever the next tensor would push the current one past `max` bytes.
 fn plan_shards(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
-    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut shards: Vec<Vec<usize>> = Vec::new();
     let mut cur = 0u64;
     for (i, &b) in sizes.iter().enumerate() {
-        let last = shards.last_mut().expect("never empty");
-        if !last.is_empty() && cur + b > max {
-            shards.push(vec![i]);
-            cur = b;
-        } else {
-            last.push(i);
-            cur += b;
+        match shards.last_mut() {
+            Some(last) if last.is_empty() || cur + b <= max => {
+                last.push(i);
+                cur += b;
+            }
+            _ => {
+                shards.push(vec![i]);
+                cur = b;
+            }
         }
+    }
+    if shards.is_empty() {
+        shards.push(Vec::new()); // no tensors: still one (empty) shard file
     }
     shards
 }

@@ -470,19 +470,8 @@ pub fn prefix_matching(model: &Model, seqs: &[InductionSeq], mode: PrefixMode, o
 /// Consecutive ranges of sequences holding at most `max_tokens` tokens (at least one sequence
 /// each; `max_tokens` 0 = one sequence per range).
 fn sequence_groups(seqs: &[InductionSeq], max_tokens: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < seqs.len() {
-        let mut end = start + 1;
-        let mut tokens = seqs[start].ids.len();
-        while end < seqs.len() && tokens + seqs[end].ids.len() <= max_tokens {
-            tokens += seqs[end].ids.len();
-            end += 1;
-        }
-        out.push(start..end);
-        start = end;
-    }
-    out
+    let lens: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
+    crate::model::stack::group_ranges(&lens, max_tokens)
 }
 
 /// The direct path of layer `l` on one sequence (module docs): the attention pattern `[H, T, T]`

@@ -173,7 +173,7 @@ impl Model {
             Ok(model)
         } else if path.is_file() {
             let gguf = Arc::new(GgufFile::open(path)?);
-            let ctx = LoadCtx::new(opts, &gguf.dtype_summary())?;
+            let ctx = LoadCtx::new(opts, &gguf.dtype_summary());
             llama::from_gguf(gguf, &ctx).with_context(|| format!("loading {}", path.display()))
         } else {
             bail!("{}: no such file or folder (expected a Hugging Face model folder or a .gguf file)", path.display())
@@ -183,7 +183,7 @@ impl Model {
     /// A model from a parsed config.json and any weight source (benches build random models of
     /// real shapes this way). `stored` lists the source's storage dtypes (for `--dtype auto`).
     pub fn from_config(cfg: &ConfigJson, ws: Arc<dyn WeightSource>, stored: &BTreeMap<String, usize>, opts: &LoadOptions) -> Result<Self> {
-        let ctx = LoadCtx::new(opts, stored)?;
+        let ctx = LoadCtx::new(opts, stored);
         let model_type = cfg.str("model_type")?.to_string();
         match model_type.as_str() {
             "opt" => opt::from_hf(cfg, ws, &ctx),
@@ -443,9 +443,9 @@ pub(crate) struct LoadCtx {
 }
 
 impl LoadCtx {
-    fn new(opts: &LoadOptions, stored: &BTreeMap<String, usize>) -> Result<Self> {
+    fn new(opts: &LoadOptions, stored: &BTreeMap<String, usize>) -> Self {
         let dtype = opts.dtype.resolve(opts.placement.first(), stored);
-        Ok(Self { opts: opts.clone(), dtype })
+        Self { opts: opts.clone(), dtype }
     }
     /// A loader for resident tensors on `device` (embeddings on the first device, the head on
     /// the last).
@@ -553,16 +553,23 @@ fn decide_streaming(ctx: &LoadCtx, origin: &str, resident_bytes: u64, streamed_b
     // time (an out-of-memory error names the device), so `auto` stays resident there unless the
     // user asks for streaming.
     let free = if on_cpu { host_available_bytes() } else { None };
+    // Even streaming needs the embeddings, the LM head and two blocks at once.
+    let check_streamed_fits = |free: u64, also: &str| -> Result<()> {
+        if streamed_bytes > free {
+            bail!(
+                "{origin}: does not fit even streamed: {} needed (embeddings, LM head and two blocks in {}), {} free{also}",
+                fmt_bytes(streamed_bytes),
+                dtype_name(ctx.dtype),
+                fmt_bytes(free)
+            );
+        }
+        Ok(())
+    };
     match ctx.opts.weights {
         WeightsMode::Resident => Ok(false),
         WeightsMode::Stream => {
-            if let Some(free) = free.filter(|&f| streamed_bytes > f) {
-                bail!(
-                    "{origin}: does not fit even streamed: {} needed (embeddings, LM head and two blocks in {}), {} free",
-                    fmt_bytes(streamed_bytes),
-                    dtype_name(ctx.dtype),
-                    fmt_bytes(free)
-                );
+            if let Some(free) = free {
+                check_streamed_fits(free, "")?;
             }
             Ok(true)
         }
@@ -572,16 +579,7 @@ fn decide_streaming(ctx: &LoadCtx, origin: &str, resident_bytes: u64, streamed_b
             if resident_bytes as f64 <= frac * free as f64 {
                 return Ok(false);
             }
-            if streamed_bytes > free {
-                bail!(
-                    "{origin}: does not fit even streamed: {} needed (embeddings, LM head and two blocks in {}), {} free \
-                     (resident would need {})",
-                    fmt_bytes(streamed_bytes),
-                    dtype_name(ctx.dtype),
-                    fmt_bytes(free),
-                    fmt_bytes(resident_bytes)
-                );
-            }
+            check_streamed_fits(free, &format!(" (resident would need {})", fmt_bytes(resident_bytes)))?;
             eprintln!(
                 "note: {origin}: the model needs {} resident in {}, more than {:.0}% of the {} free; streaming its blocks \
                  (--weights stream; --weights resident to override)",

@@ -276,6 +276,25 @@ fn materialise(source: &dyn WeightSource, build: &BuildBlock, dtype: DType, devi
     Ok((block, ld.read.get()))
 }
 
+/// Consecutive ranges of items whose `tokens` add up to at most `max_tokens` (every range holds
+/// at least one item; `max_tokens` 0 = one item per range): the groups of batches or sequences
+/// that go through each streamed block together.
+pub fn group_ranges(tokens: &[usize], max_tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < tokens.len() {
+        let mut end = start + 1;
+        let mut sum = tokens[start];
+        while end < tokens.len() && sum + tokens[end] <= max_tokens {
+            sum += tokens[end];
+            end += 1;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
 /// How many tokens a group of batches may hold when streaming, given what each token keeps
 /// alive across the whole pass (`bytes_per_token`: its residual stream, plus its saved block
 /// inputs for a gradient pass). 0 when the blocks are resident (no grouping: one batch at a
