@@ -7,6 +7,9 @@ JSON line {"seconds_per_iter": ...}. Modes:
   importance  forward + backward to the per-head outputs and FFN outputs only (weights frozen,
               requires_grad only on the gates: a gate on every head output and every FFN
               output, LM loss over every position, one backward; see docs/design.md)
+  blocks      each component of layer 0 (norm, attention, FFN, the whole block) timed alone:
+              forward (no_grad) and backward to the input only (weights frozen), printed
+              per component as {"name": {"forward": s, "backward": s}}
 Models: opt-125m (random weights of OPT-125m's shape) or gguf (a GGUF file via transformers'
 GGUF loader, which dequantizes to f32).
 """
@@ -55,6 +58,49 @@ def attach_gates(model):
     return head_gate, ffn_gate
 
 
+def time_it(fn, iters):
+    fn()  # warm-up: first-touch page faults and lazy kernel selection
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) / iters
+
+
+def blocks(model, b, t, iters):
+    """Seconds per forward and per input-gradient backward of each component of layer 0 at
+    [b, t, D], the attention as the model runs it (its configured implementation, causal)."""
+    cfg = model.config
+    torch.manual_seed(0)
+    x = torch.randn(b, t, cfg.hidden_size) * 0.5
+    if cfg.model_type == "opt":
+        layer = model.model.decoder.layers[0]
+        norm = layer.self_attn_layer_norm
+        attn = lambda h: layer.self_attn(hidden_states=h, attention_mask=None)[0]
+        mlp = lambda h: layer.fc2(layer.activation_fn(layer.fc1(h)))
+        block = lambda h: layer(h, attention_mask=None)
+    else:
+        layer = model.model.layers[0]
+        norm = layer.input_layernorm
+        pos = torch.arange(t).unsqueeze(0).expand(b, t)
+        pe = model.model.rotary_emb(x, pos)
+        attn = lambda h: layer.self_attn(hidden_states=h, position_embeddings=pe, attention_mask=None)[0]
+        mlp = layer.mlp
+        block = lambda h: layer(h, attention_mask=None, position_embeddings=pe, position_ids=pos)
+    out = {"attn_implementation": cfg._attn_implementation}
+    for name, f in [("norm", norm), ("attention", attn), ("ffn", mlp), ("block", block)]:
+        first = lambda y: y[0] if isinstance(y, tuple) else y
+        with torch.no_grad():
+            fwd = time_it(lambda: first(f(x)), iters)
+        dy = torch.randn(b, t, cfg.hidden_size)
+
+        def fwd_bwd():
+            xi = x.detach().requires_grad_(True)
+            first(f(xi)).backward(dy)
+        both = time_it(fwd_bwd, iters)
+        out[name] = {"forward": fwd, "backward": max(both - fwd, 0.0)}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -67,6 +113,9 @@ def main():
     model = build(a.model, a.gguf)
     for p in model.parameters():
         p.requires_grad_(False)
+    if a.mode == "blocks":
+        print(json.dumps({"blocks": blocks(model, a.batch, a.seq, a.iters), "threads": torch.get_num_threads()}))
+        return
     vocab = model.config.vocab_size
     ids = (torch.arange(a.batch * a.seq).reshape(a.batch, a.seq) * 104729 % (vocab - 1))
 

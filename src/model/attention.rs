@@ -9,6 +9,7 @@ use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 
 use super::layout::{causal_mask, Layout};
+use super::kernels;
 use super::linear::{matmul, Linear};
 use super::rope::Rope;
 use super::widen;
@@ -51,8 +52,9 @@ pub struct AttnActs {
     /// Rotated queries `[B, H, T, hd]` as the score matmul read them: multiplied by the score
     /// scale, unless [`Attention::scales_scores`] (then unscaled, like TL's `q`).
     pub q: Tensor,
-    /// Rotated keys and values, repeated to H heads under GQA `[B, H, T, hd]` (query head i
-    /// reads kv head i / (H/KV), transformers' repeat_kv): the operands of the two matmuls.
+    /// Rotated keys and values `[B, KV, T, hd]`, never repeated to H heads: query head i reads
+    /// kv head i / (H/KV) (transformers' repeat_kv) through the grouped matmuls (see
+    /// [`grouped`]), which is the same arithmetic without the copies.
     pub k: Tensor,
     pub v: Tensor,
     /// Post-softmax attention probabilities `[B, H, T, T]` (row = query), before the head gate,
@@ -77,37 +79,61 @@ impl Attention {
     pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>) -> Result<(Tensor, AttnActs)> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        // [B, T, heads*hd] -> [B, heads, T, hd]
-        let split = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let mut q = split(self.q.forward(x)?, h)?; // q = x Wq + bq
-        let mut k = split(self.k.forward(x)?, kv)?; // k = x Wk + bk
-        let v = split(self.v.forward(x)?, kv)?; // v = x Wv + bv
-        if let Some(rope) = &self.rope {
-            q = rope.forward(&q, layout)?;
-            k = rope.forward(&k, layout)?;
-        }
-        // GQA: query head i reads kv head i / (H/KV) (transformers' repeat_kv).
-        let (ke, ve) = if kv == h { (k, v) } else { (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?) };
+        let rep = h / kv;
         let after = self.scales_scores(x.dtype());
-        let qs = if after { q } else { scale_by(&q, self.scale)? }; // q * scale   [B, H, T, hd]
+        let rot = self.rope.as_ref().map(|r| r.rotation(layout)).transpose()?;
+        // q = rope(x Wq + bq) * scale, k = rope(x Wk + bk), v = x Wv + bv, each split into heads
+        // [B, heads, T, hd]: one fused pass each on f32 CPU tensors, else composed.
+        let (q_lin, k_lin, v_lin) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+        let fused = match (after, &rot) {
+            (false, rot) => match (
+                kernels::split_heads(&q_lin, h, hd, rot.as_ref(), Some(self.scale)),
+                kernels::split_heads(&k_lin, kv, hd, rot.as_ref(), None),
+                kernels::split_heads(&v_lin, kv, hd, None, None),
+            ) {
+                (Some(q), Some(k), Some(v)) => Some((q?, k?, v?)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let (qs, k, v) = match fused {
+            Some(qkv) => qkv,
+            None => {
+                // [B, T, heads*hd] -> [B, heads, T, hd]
+                let split = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
+                let (mut q, mut k, v) = (split(q_lin, h)?, split(k_lin, kv)?, split(v_lin, kv)?);
+                if let Some(rope) = &self.rope {
+                    q = rope.forward(&q, layout)?;
+                    k = rope.forward(&k, layout)?;
+                }
+                (if after { q } else { scale_by(&q, self.scale)? }, k, v) // q * scale   [B, H, T, hd]
+            }
+        };
         // The score matmul runs in the compute dtype; the scores are then widened (f32 for
         // bf16/f16) before the bias and the softmax, as transformers' eager attention does
         // (`softmax(..., dtype=float32)`): a half-precision softmax over long rows loses the
         // small probabilities. The 0 / -inf bias is f32 and exact in any dtype.
-        let raw = matmul(&qs, &ke.t()?)?; // q k^T   [B, H, T, T]
-        let scores = widen(&if after { scale_by(&raw, self.scale)? } else { raw })?; // S = q k^T * scale + bias
-        let scores = match layout {
-            Layout::Causal => scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?.to_dtype(scores.dtype())?)?,
-            Layout::Custom { bias, .. } => scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?,
+        let raw = ungroup(&matmul(&grouped(&qs, rep)?, &k.t()?)?, rep)?; // q k^T   [B, H, T, T]
+        let mask = match layout {
+            Layout::Causal => kernels::RowMask::Causal { window: self.sliding_window },
+            Layout::Custom { bias, .. } => kernels::RowMask::Bias(bias),
         };
-        let probs = softmax_last_dim(&scores)?; // A = softmax(S), wide   [B, H, T, T]
+        let probs = match (!after).then(|| kernels::masked_softmax(&raw, mask)).flatten() {
+            Some(p) => p?, // A = softmax(S + bias), one pass per row
+            None => {
+                let scores = widen(&if after { scale_by(&raw, self.scale)? } else { raw })?; // S = q k^T * scale + bias
+                let scores = match layout {
+                    Layout::Causal => scores.broadcast_add(&causal_mask(t, self.sliding_window, x.device())?.to_dtype(scores.dtype())?)?,
+                    Layout::Custom { bias, .. } => scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?,
+                };
+                softmax_last_dim(&scores)? // A = softmax(S), wide   [B, H, T, T]
+            }
+        };
         // A is rounded to the compute dtype for the value matmul (transformers: `.to(query.dtype)`).
-        let o = matmul(&probs.to_dtype(x.dtype())?, &ve)?; // o = A v   [B, H, T, hd]
+        let o = ungroup(&matmul(&grouped(&probs.to_dtype(x.dtype())?, rep)?, &v)?, rep)?; // o = A v   [B, H, T, hd]
         let og = self.gated_heads(&o, head_gate)?; // [B, T, H*hd]
         let y = self.o.forward(&og)?; // out = concat_h(g_h o_h) Wo + bo
-        Ok((y, AttnActs { q: qs, k: ke, v: ve, pattern: probs, z: o }))
+        Ok((y, AttnActs { q: qs, k, v, pattern: probs, z: o }))
     }
 
     /// Per-head outputs z `[B, H, T, hd]` times the head gate, concatenated: the input of the
@@ -118,6 +144,9 @@ impl Attention {
             Some(g) => z.broadcast_mul(&g.to_dtype(z.dtype())?.reshape((1, h, 1, 1))?)?,
             None => z.clone(),
         };
+        if let Some(m) = kernels::merge_heads(&og, None, None) {
+            return m;
+        }
         Ok(og.transpose(1, 2)?.reshape((b, t, h * hd))?)
     }
 
@@ -143,19 +172,24 @@ fn scale_by(x: &Tensor, s: f64) -> Result<Tensor> {
     }
 }
 
-/// `[B, KV, T, hd]` -> `[B, KV*n_rep, T, hd]`, each kv head repeated n_rep times consecutively.
-fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    let (b, kv, t, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.expand((b, kv, n_rep, t, hd))?.reshape((b, kv * n_rep, t, hd))?)
-}
-
-/// `[B, KV*n_rep, T, hd]` -> `[B, KV, T, hd]`, summing each group (backward of repeat_kv).
-fn sum_groups(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
+/// `[B, H, T, n]` -> `[B, KV, rep*T, n]` (H = KV * rep): the query heads that share a kv head
+/// stacked along the rows, so one matmul per kv head serves its whole group and K/V are never
+/// repeated. A free reshape: the heads of a group are adjacent in a contiguous tensor.
+fn grouped(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
         return Ok(x.clone());
     }
-    let (b, h, t, hd) = x.dims4()?;
-    Ok(x.reshape((b, h / n_rep, n_rep, t, hd))?.sum(2)?)
+    let (b, h, t, n) = x.dims4()?;
+    Ok(x.contiguous()?.reshape((b, h / rep, rep * t, n))?)
+}
+
+/// `[B, KV, rep*T, n]` -> `[B, H, T, n]`: the inverse of [`grouped`].
+fn ungroup(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, rt, n) = x.dims4()?;
+    Ok(x.reshape((b, kv * rep, rt / rep, n))?)
 }
 
 impl Attention {
@@ -165,44 +199,73 @@ impl Attention {
         let (b, t, _) = dy.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kv;
-        let split = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
-        let merge = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.transpose(1, 2)?.reshape((b, t, n * hd))?) };
+        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+            match kernels::split_heads(&y, n, hd, None, None) {
+                Some(s) => s,
+                None => Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?),
+            }
+        };
         // out = concat_h(g_h o_h) Wo + bo  =>  d(g o) = dy Wo
         let dt = dy.dtype();
         let d_go = split(self.o.backward(dy)?, h)?; //   [B, H, T, hd]
         // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]: the importance dot, products and the sum over
         // hd in the wide dtype (f32 for bf16/f16), never rounded to half precision.
-        let head_dot = (widen(&a.z)? * widen(&d_go)?)?.sum(D::Minus1)?;
+        let head_dot = match kernels::row_dots(&a.z, &d_go) {
+            Some(d) => d?,
+            None => (widen(&a.z)? * widen(&d_go)?)?.sum(D::Minus1)?,
+        };
         let d_o = match head_gate {
             Some(g) => d_go.broadcast_mul(&g.to_dtype(dt)?.reshape((1, h, 1, 1))?)?,
             None => d_go,
         };
         // o = A v  =>  dA = do v^T,  dv = A^T do   (matmuls in the compute dtype, A rounded to
-        // it as in the forward)
-        let d_probs = matmul(&d_o, &a.v.t()?)?;
-        let d_ve = matmul(&a.pattern.to_dtype(dt)?.t()?, &d_o)?;
+        // it as in the forward; grouped, so dv sums over the query heads of its kv head)
+        let d_o_g = grouped(&d_o, rep)?; // [B, KV, rep*T, hd]
+        let d_probs = ungroup(&matmul(&d_o_g, &a.v.t()?)?, rep)?; // [B, H, T, T]
+        let d_v = matmul(&grouped(&a.pattern.to_dtype(dt)?, rep)?.t()?, &d_o_g)?; // [B, KV, T, hd]
         // A = softmax(S)  =>  dS = A * (dA - rowsum(dA * A))   (masked entries have A = 0);
         // in the softmax's wide dtype, rounded to the compute dtype once (PyTorch's autograd
         // through `softmax(dtype=float32)` does the same).
-        let d_probs = widen(&d_probs)?;
-        let row = (&d_probs * &a.pattern)?.sum_keepdim(D::Minus1)?;
-        let d_scores = (&a.pattern * d_probs.broadcast_sub(&row)?)?.to_dtype(dt)?;
+        let d_scores = match kernels::softmax_backward(&a.pattern, &d_probs) {
+            Some(d) => d?,
+            None => {
+                let d_probs = widen(&d_probs)?;
+                let row = (&d_probs * &a.pattern)?.sum_keepdim(D::Minus1)?;
+                (&a.pattern * d_probs.broadcast_sub(&row)?)?.to_dtype(dt)?
+            }
+        };
         // S = (q scale) k^T  =>  dq = dS k scale,  dk = dS^T (q scale)
         // S = (q k^T) scale  =>  d(q k^T) = dS scale,  dq = d(q k^T) k,  dk = d(q k^T)^T q
         let after = self.scales_scores(dt);
-        let d_raw = if after { scale_by(&d_scores, self.scale)? } else { d_scores };
-        let d_q = matmul(&d_raw, &a.k)?;
-        let mut d_q = if after { d_q } else { scale_by(&d_q, self.scale)? };
-        let d_ke = matmul(&d_raw.t()?, &a.q)?;
-        // GQA: a kv head's gradient sums over the query heads that read it.
-        let mut d_k = sum_groups(&d_ke, rep)?;
-        let d_v = sum_groups(&d_ve, rep)?;
-        if let Some(rope) = &self.rope {
-            d_q = rope.backward(&d_q, layout)?; // q = rope(q)
-            d_k = rope.backward(&d_k, layout)?;
-        }
+        let d_raw = grouped(&if after { scale_by(&d_scores, self.scale)? } else { d_scores }, rep)?; // [B, KV, rep*T, T]
+        let d_q = ungroup(&matmul(&d_raw, &a.k)?, rep)?; // [B, H, T, hd]
+        let d_k = matmul(&d_raw.t()?, &grouped(&a.q, rep)?)?; // [B, KV, T, hd], summed over the group
+        // q = rope(x Wq + bq) scale, k = rope(x Wk + bk): scale, rotate back by -theta and merge
+        // the heads to [B, T, heads*hd], fused on f32 CPU tensors.
+        let rot = self.rope.as_ref().map(|r| r.rotation(layout)).transpose()?;
+        let fused = match (
+            kernels::merge_heads(&d_q, rot.as_ref(), (!after).then_some(self.scale)),
+            kernels::merge_heads(&d_k, rot.as_ref(), None),
+            kernels::merge_heads(&d_v, None, None),
+        ) {
+            (Some(q), Some(k), Some(v)) => Some((q?, k?, v?)),
+            _ => None,
+        };
+        let (d_q, d_k, d_v) = match fused {
+            Some(g) => g,
+            None => {
+                let merge = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.transpose(1, 2)?.reshape((b, t, n * hd))?) };
+                let mut d_q = if after { d_q } else { scale_by(&d_q, self.scale)? };
+                let mut d_k = d_k;
+                if let Some(rope) = &self.rope {
+                    d_q = rope.backward(&d_q, layout)?; // q = rope(q)
+                    d_k = rope.backward(&d_k, layout)?;
+                }
+                (merge(d_q, h)?, merge(d_k, kv)?, merge(d_v, kv)?)
+            }
+        };
         // q, k, v = x W + b  =>  dx = dq Wq + dk Wk + dv Wv
-        let dx = ((self.q.backward(&merge(d_q, h)?)? + self.k.backward(&merge(d_k, kv)?)?)? + self.v.backward(&merge(d_v, kv)?)?)?;
+        let dx = ((self.q.backward(&d_q)? + self.k.backward(&d_k)?)? + self.v.backward(&d_v)?)?;
         Ok((dx, head_dot))
     }
 }

@@ -203,10 +203,34 @@ impl Model {
         let rows_t = Tensor::from_vec(rows, n, &hdev)?;
         let h = x.reshape((b * t, d))?.index_select(&rows_t, 0)?; // [N, D]
         let logits = self.head.forward(&h)?; // [N, V] in the compute dtype
+        let labels_t = Tensor::from_vec(labels.clone(), n, &hdev)?;
+        let (losses, dlogits) = match super::kernels::nll_and_grad(&logits, &labels, &weights.iter().map(|&w| w as f32).collect::<Vec<_>>()) {
+            // One pass per row: log p(label) and w (softmax - onehot), f32 logits only.
+            Some(r) => {
+                let (picked, dlogits) = r?;
+                let mut k = 0;
+                let mut losses = Vec::with_capacity(targets.len());
+                for tg in targets {
+                    losses.push(-picked[k..k + tg.len].iter().map(|&p| p as f64).sum::<f64>() / tg.len as f64);
+                    k += tg.len;
+                }
+                (losses, dlogits)
+            }
+            None => self.nll_and_grad_composed(&logits, &labels_t, &weights, targets)?,
+        };
+        // Back into the compute dtype at the unembedding (the backward of `.float()`).
+        let dh = self.head.backward(&h, &dlogits.to_dtype(logits.dtype())?)?; // [N, D]
+        let dx = Tensor::zeros((b * t, d), x.dtype(), &hdev)?.index_add(&rows_t, &dh, 0)?.reshape((b, t, d))?;
+        Ok((losses, dx))
+    }
+
+    /// The loss rows composed from candle ops (any dtype or device): logits `[N, V]` ->
+    /// (per-target losses, dlogits `[N, V]` in the wide dtype).
+    fn nll_and_grad_composed(&self, logits: &Tensor, labels_t: &Tensor, weights: &[f64], targets: &[Target]) -> Result<(Vec<f64>, Tensor)> {
+        let (n, hdev) = (labels_t.dim(0)?, logits.device());
         // log-softmax, the loss and its gradient in the wide dtype (f32 for bf16/f16), as
         // transformers computes its loss on `logits.float()`.
-        let logp = super::log_softmax_last_dim(&logits)?; // [N, V] wide
-        let labels_t = Tensor::from_vec(labels, n, &hdev)?;
+        let logp = super::log_softmax_last_dim(logits)?; // [N, V] wide
         let picked: Vec<f64> = logp.gather(&labels_t.unsqueeze(1)?, 1)?.squeeze(1)?.to_dtype(DType::F64)?.to_vec1()?;
         let mut losses = Vec::with_capacity(targets.len());
         let mut k = 0;
@@ -215,16 +239,13 @@ impl Model {
             k += tg.len;
         }
         // loss = -sum_i w_i log softmax(logits_i)[y_i]  =>  dlogits = w (softmax - onehot)
-        let w = Tensor::from_vec(weights, (n, 1), &hdev)?.to_dtype(logp.dtype())?;
-        let onehot = Tensor::zeros((n, logp.dim(1)?), logp.dtype(), &hdev)?.scatter_add(
+        let w = Tensor::from_vec(weights.to_vec(), (n, 1), hdev)?.to_dtype(logp.dtype())?;
+        let onehot = Tensor::zeros((n, logp.dim(1)?), logp.dtype(), hdev)?.scatter_add(
             &labels_t.unsqueeze(1)?,
-            &Tensor::ones((n, 1), logp.dtype(), &hdev)?,
+            &Tensor::ones((n, 1), logp.dtype(), hdev)?,
             1,
         )?;
         let dlogits = (logp.exp()? - onehot)?.broadcast_mul(&w)?; // [N, V] wide
-        // Back into the compute dtype at the unembedding (the backward of `.float()`).
-        let dh = self.head.backward(&h, &dlogits.to_dtype(logits.dtype())?)?; // [N, D]
-        let dx = Tensor::zeros((b * t, d), x.dtype(), &hdev)?.index_add(&rows_t, &dh, 0)?.reshape((b, t, d))?;
-        Ok((losses, dx))
+        Ok((losses, dlogits))
     }
 }

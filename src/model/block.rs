@@ -243,6 +243,9 @@ impl Block {
 /// `[B, T, D]`: the FFN importance dot, formed in the wide dtype (f32 for bf16/f16) like the
 /// head dots, never rounded to half precision.
 fn ffn_dot(f: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    if let Some(d) = super::kernels::row_dots(f, dy) {
+        return d;
+    }
     Ok((widen(f)? * widen(dy)?)?.sum(D::Minus1)?)
 }
 

@@ -9,6 +9,7 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 
 use super::activation::Activation;
+use super::kernels;
 use super::linear::Linear;
 
 /// What the FFN backward reads (the `mlp` part of a block's [`BlockActs`](super::block::BlockActs),
@@ -48,7 +49,11 @@ impl Mlp {
             Self::Gated { gate, up, down, act } => {
                 let g = gate.forward(x)?;
                 let u = up.forward(x)?;
-                let y = down.forward(&(act.forward(&g)? * &u)?)?;
+                let h = match kernels::glu_forward(*act, &g, &u) {
+                    Some(h) => h?,
+                    None => (act.forward(&g)? * &u)?,
+                };
+                let y = down.forward(&h)?;
                 Ok((y, MlpActs { pre: g, pre_linear: Some(u) }))
             }
         }
@@ -79,14 +84,20 @@ impl Mlp {
             // y = fc2(act(h)), h = fc1 x
             Self::Plain { fc1, fc2, act } => {
                 let da = fc2.backward(dy)?;
-                fc1.backward(&act.backward(&acts.pre, &da)?)
+                let dh = match kernels::act_backward(*act, &acts.pre, &da) {
+                    Some(dh) => dh?,
+                    None => act.backward(&acts.pre, &da)?,
+                };
+                fc1.backward(&dh)
             }
             // y = down(act(g) * u), g = gate x, u = up x
             Self::Gated { gate, up, down, act } => {
                 let u = acts.pre_linear.as_ref().ok_or_else(|| anyhow::anyhow!("SwiGLU activations lack the up projection"))?;
                 let da = down.backward(dy)?;
-                let dg = act.backward(&acts.pre, &(&da * u)?)?;
-                let du = (act.forward(&acts.pre)? * &da)?;
+                let (dg, du) = match kernels::glu_backward(*act, &acts.pre, u, &da) {
+                    Some(r) => r?,
+                    None => (act.backward(&acts.pre, &(&da * u)?)?, (act.forward(&acts.pre)? * &da)?),
+                };
                 Ok((gate.backward(&dg)? + up.backward(&du)?)?)
             }
         }

@@ -11,6 +11,7 @@ pub mod block;
 pub mod blocks;
 pub mod embeddings;
 pub mod head;
+pub mod kernels;
 pub mod layout;
 pub mod linear;
 pub mod load;
@@ -386,6 +387,9 @@ impl<T> PerDevice<T> {
 /// logits: the loss and log-likelihoods never run in half precision, as transformers upcasts
 /// logits with `.float()` before its loss).
 pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = kernels::log_softmax(x) {
+        return y;
+    }
     let x = &widen(x)?;
     let max = x.max_keepdim(candle_core::D::Minus1)?;
     let shifted = x.broadcast_sub(&max)?;

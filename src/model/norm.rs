@@ -8,7 +8,7 @@
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 
-use super::{conv, conv_opt, widen};
+use super::{conv, conv_opt, kernels, widen};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,6 +38,9 @@ impl Norm {
     /// (transformers' LlamaRMSNorm: `weight * hidden.to(input_dtype)`). For f32 and f64 every
     /// conversion below is a no-op.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = kernels::norm_forward(self.kind, x, &self.weight, self.bias.as_ref(), self.eps) {
+            return y;
+        }
         let dt = x.dtype();
         let x = &widen(x)?; // [..., D] in the wide dtype
         let d = x.dim(D::Minus1)? as f64;
@@ -84,6 +87,9 @@ impl Norm {
     /// dxh is formed in f32 for LayerNorm and in the compute dtype for RMSNorm (then widened);
     /// everything after it runs in the wide dtype and dx is rounded once to dy's dtype.
     pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        if let Some(dx) = kernels::norm_backward(self.kind, x, &self.weight, dy, self.eps) {
+            return dx;
+        }
         let dt = dy.dtype();
         let x = &widen(x)?;
         let d = x.dim(D::Minus1)? as f64;

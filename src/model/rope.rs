@@ -122,6 +122,18 @@ impl Rope {
 }
 
 impl Rope {
+    /// The rotation as the fused head split/merge kernels take it (positions of a custom layout
+    /// copied to the host: `[B * T]` u32, a few KB).
+    pub(crate) fn rotation(&self, layout: &Layout) -> Result<super::kernels::Rotation<'_>> {
+        let positions = match layout {
+            Layout::Causal => None,
+            Layout::Custom { positions, .. } => Some(positions.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?),
+        };
+        Ok(super::kernels::Rotation { cos: &self.cos, sin: &self.sin, rotary_dim: self.rotary_dim, rotate_half: self.style == RopeStyle::RotateHalf, positions })
+    }
+}
+
+impl Rope {
     /// The rotation is orthogonal: its backward is the rotation by -theta (sin negated).
     pub fn backward(&self, dy: &Tensor, layout: &Layout) -> Result<Tensor> {
         let inverse = Rope { sin: self.sin.neg()?, ..self.clone() };
