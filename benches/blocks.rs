@@ -54,6 +54,7 @@ fn components(block: &Block, b: usize, t: usize, d: usize, iters: usize) -> Vec<
 
 fn main() {
     headroom::tune_allocator(); // as the binary does
+    headroom::tune_thread_pools();
     let iters = env_usize("HEADROOM_BENCH_ITERS", 5);
     let (b, t) = (env_usize("HEADROOM_BENCH_BATCH", 4), env_usize("HEADROOM_BENCH_SEQ", 256));
     let py = python();

@@ -21,6 +21,7 @@ fn env_usize(k: &str, d: usize) -> usize {
 
 fn main() {
     headroom::tune_allocator(); // as the binary does
+    headroom::tune_thread_pools();
     let cache = headroom::assets::cache_dir().expect("cache dir");
     let path = headroom::assets::default_model_path(&cache);
     let data = headroom::assets::data_dir(&cache);

@@ -15,6 +15,7 @@ use headroom::model::Model;
 
 fn main() {
     headroom::tune_allocator(); // as the binary does
+    headroom::tune_thread_pools();
     let iters = env_usize("HEADROOM_BENCH_ITERS", 3);
     let (b, t) = (env_usize("HEADROOM_BENCH_BATCH", 4), env_usize("HEADROOM_BENCH_SEQ", 256));
     let py = python();

@@ -27,6 +27,7 @@ fn time_importance(m: &Model, b: usize, t: usize, iters: usize) -> f64 {
 
 fn main() {
     headroom::tune_allocator(); // as the binary does
+    headroom::tune_thread_pools();
     let iters = env_usize("HEADROOM_BENCH_ITERS", 2);
     let (b, t) = (env_usize("HEADROOM_BENCH_BATCH", 4), env_usize("HEADROOM_BENCH_SEQ", 256));
     let py = python();

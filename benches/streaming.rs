@@ -98,6 +98,7 @@ fn random_checkpoint(shape: &str) -> PathBuf {
 
 fn main() {
     headroom::tune_allocator(); // as the binary does
+    headroom::tune_thread_pools();
     let (b, t) = (env_usize("HEADROOM_BENCH_BATCH", 8), env_usize("HEADROOM_BENCH_SEQ", 512));
     let iters = env_usize("HEADROOM_BENCH_ITERS", 1);
     let shape = std::env::var("HEADROOM_BENCH_STREAM_SHAPE").unwrap_or_else(|_| "opt-1.3b".into());

@@ -42,6 +42,19 @@ pub mod tokenizer;
 
 pub use anyhow::{Error, Result};
 
+/// Keeps candle's element-wise thread pool from spinning on the cores gemm and the fused
+/// kernels need. candle 0.11 runs its element-wise ops on its own pool, whose workers spin up to
+/// 25,000 times after each op before they park; gemm and src/model/kernels.rs run on rayon's
+/// pool. On a machine with as many busy threads as cores, the spinning workers took cycles from
+/// the next matmul (barrier waits were 4% of an importance pass). A short spin keeps the pool
+/// responsive for back-to-back ops and lets it park quickly otherwise. Call before any candle
+/// op (the pool reads the setting when it starts); a user's own setting wins.
+pub fn tune_thread_pools() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
+    }
+}
+
 /// Sets glibc's allocator so that activation-sized buffers are reused from the heap instead of
 /// being mapped and unmapped on every op. glibc maps allocations over its mmap threshold
 /// (128 KiB at first, raised dynamically) straight from the kernel and unmaps them on free, so

@@ -75,6 +75,7 @@ enum Command {
 
 fn main() -> ExitCode {
     headroom::tune_allocator();
+    headroom::tune_thread_pools();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
