@@ -495,9 +495,9 @@ fn direct_path_of(model: &Model, block: &Block, l: usize, ids: &[u32], mode: Cop
     let probs = acts.pattern.squeeze(0)?; // [H, T, T]
     // Per query head, the vector its out_proj slice reads: [H, T, hd].
     let per_head = match mode {
-        // The value of the token at each position (not attention-weighted); under GQA the
-        // record already holds kv head h / (H/KV) for query head h (repeat_kv).
-        CopyMode::Authors => acts.v.squeeze(0)?.contiguous()?,
+        // The value of the token at each position (not attention-weighted); under GQA query
+        // head h reads kv head h / (H/KV) (repeat_kv).
+        CopyMode::Authors => acts.values_per_query_head(h)?.squeeze(0)?.contiguous()?,
         // The head output A_h v_h (no gate: the model is unmasked).
         CopyMode::Olsson => acts.z.squeeze(0)?.contiguous()?,
     };

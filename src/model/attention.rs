@@ -65,6 +65,19 @@ pub struct AttnActs {
     pub z: Tensor,
 }
 
+impl AttnActs {
+    /// The values as each query head reads them, `[B, H, T, hd]` (kv head h / (H/KV) repeated
+    /// for its query heads, transformers' repeat_kv): a copy under GQA, for readers that index
+    /// by query head (induction's copying scores), never in the forward or backward.
+    pub fn values_per_query_head(&self, n_heads: usize) -> Result<Tensor> {
+        let (b, kv, t, hd) = self.v.dims4()?;
+        if kv == n_heads {
+            return Ok(self.v.clone());
+        }
+        Ok(self.v.unsqueeze(2)?.expand((b, kv, n_heads / kv, t, hd))?.reshape((b, n_heads, t, hd))?)
+    }
+}
+
 impl Attention {
     /// x `[B, T, D]` -> `[B, T, D]`.
     /// `head_gate` `[H]` multiplies each head's output o_h = A_h v_h before the output projection:
