@@ -318,8 +318,18 @@ pub fn tl_induction_score(attn: &[f32], tokens: &[u32]) -> f64 {
 /// `tokens[k]` from row j's head output). Queries are `j = 1..T`; the attendable set is
 /// `k = lo..=j` with `lo = 0`, or `j + 1 - w` under a sliding window w.
 pub fn copy_score(attn: &[f32], logits: &[f32], t: usize, window: Option<usize>, mode: CopyMode) -> f64 {
+    copy_score_biased(attn, logits, None, t, window, mode)
+}
+
+/// [`copy_score`] with a per-column bias added to the logits as they are read: `bias[k]` is the
+/// authors' out_proj bias term `b . m_k` `[T]`, added here in f32 exactly as a tensor
+/// broadcast-add would (same operands, same rounding), which saves a `[H, T, T]` pass.
+fn copy_score_biased(attn: &[f32], logits: &[f32], bias: Option<&[f32]>, t: usize, window: Option<usize>, mode: CopyMode) -> f64 {
     assert_eq!(attn.len(), t * t, "attention is not T x T");
     assert_eq!(logits.len(), t * t, "logits are not T x T");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), t, "bias is not [T]");
+    }
     if t < 2 {
         return match mode {
             CopyMode::Authors => 0.0,
@@ -328,30 +338,39 @@ pub fn copy_score(attn: &[f32], logits: &[f32], t: usize, window: Option<usize>,
     }
     let mut total = 0.0f64;
     let mut s = Vec::with_capacity(t);
+    let mut zs: Vec<f32> = Vec::with_capacity(t);
     for j in 1..t {
         let lo = window.map_or(0, |w| (j + 1).saturating_sub(w));
-        let arow = &attn[j * t..(j + 1) * t];
-        let zrow = &logits[j * t..(j + 1) * t];
-        // Most-attended position, first index on ties.
-        let mut m = lo;
-        for k in lo..=j {
+        let arow = &attn[j * t + lo..=j * t + j];
+        let zrow = &logits[j * t + lo..=j * t + j];
+        // Most-attended position (relative to lo), first index on ties.
+        let mut m = 0;
+        for k in 1..arow.len() {
             if arow[k] > arow[m] {
                 m = k;
             }
+        }
+        zs.clear();
+        match bias {
+            Some(b) => zs.extend(zrow.iter().zip(&b[lo..=j]).map(|(&z, &c)| z + c)),
+            None => zs.extend_from_slice(zrow),
         }
         s.clear();
         match mode {
             CopyMode::Authors => {
                 // softmax probabilities up to the row's normaliser, which the ratio ignores
-                let zmax = zrow[lo..=j].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-                s.extend(zrow[lo..=j].iter().map(|&z| (z as f64 - zmax).exp()));
+                let zmax = zs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                s.extend(zs.iter().map(|&z| (z as f64 - zmax).exp()));
             }
-            CopyMode::Olsson => s.extend(zrow[lo..=j].iter().map(|&z| z as f64)),
+            CopyMode::Olsson => s.extend(zs.iter().map(|&z| z as f64)),
         }
         let mean = s.iter().sum::<f64>() / s.len() as f64;
-        let sum_r: f64 = s.iter().map(|&x| (x - mean).max(0.0)).sum();
-        if sum_r > 0.0 {
-            total += (s[m - lo] - mean).max(0.0) / sum_r;
+        // r[m] = 0 adds exactly 0 to the total whatever sum(r) is, so sum(r) is only formed when
+        // the attended token is raised (NaN rows: r[m] = max(NaN, 0) = 0, skipped as before).
+        let rm = (s[m] - mean).max(0.0);
+        if rm > 0.0 {
+            let sum_r: f64 = s.iter().map(|&x| (x - mean).max(0.0)).sum();
+            total += rm / sum_r;
         }
     }
     let ratio = total / (t - 1) as f64;
@@ -359,6 +378,69 @@ pub fn copy_score(attn: &[f32], logits: &[f32], t: usize, window: Option<usize>,
         CopyMode::Authors => ratio,
         CopyMode::Olsson => 2.0 * ratio - 1.0,
     }
+}
+
+/// For each query q of `tokens`, the keys `k` (ascending, `1 <= k <= q`) with
+/// `tokens[k-1] == tokens[q]`: TransformerLens' induction targets, the same for every head and
+/// layer, so found once per sequence instead of compared `T^2 / 2` times per head.
+fn tl_targets(tokens: &[u32]) -> Vec<Vec<u32>> {
+    let mut at: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(tokens.len());
+    for (q, &tok) in tokens.iter().enumerate() {
+        // successors of earlier (and this) occurrences: k - 1 <= q - 1, i.e. k <= q
+        out.push(at.get(&tok).cloned().unwrap_or_default());
+        at.entry(tok).or_default().push(q as u32 + 1);
+    }
+    out
+}
+
+/// [`tl_induction_score`] from precomputed [`tl_targets`]; the same sums in the same order.
+fn tl_induction_score_at(attn: &[f32], t: usize, targets: &[Vec<u32>]) -> f64 {
+    let (mut hit, mut total) = (0.0f64, 0.0f64);
+    for q in 0..t {
+        let row = &attn[q * t..(q + 1) * t];
+        for &a in &row[..=q] {
+            total += a as f64;
+        }
+        for &k in &targets[q] {
+            hit += row[k as usize] as f64;
+        }
+    }
+    if total == 0.0 {
+        0.0
+    } else {
+        hit / total
+    }
+}
+
+/// `f(h)` for `h in 0..n`, on up to `available_parallelism` scoped threads (contiguous chunks of
+/// heads), results in order. Each head's score is computed exactly as serially, so the scores do
+/// not depend on the thread count.
+fn per_head<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism().map_or(1, |c| c.get()).min(n.max(1));
+    if threads <= 1 {
+        return (0..n).map(&f).collect();
+    }
+    let chunk = n.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..n).step_by(chunk).map(|lo| sc.spawn(move || (lo..(lo + chunk).min(n)).map(f).collect::<Vec<T>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("scoring thread panicked")).collect()
+    })
+}
+
+/// Runs `f` on a tensor's elements as f32 in row-major order, borrowing the storage of a
+/// contiguous CPU f32 tensor (the `[H, T, T]` patterns are up to 29 MB per layer: copying them
+/// out was a full extra pass), else on a converted copy.
+fn with_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if x.dtype() == candle_core::DType::F32 {
+        let (storage, layout) = x.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((lo, hi))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(f(&cpu.as_slice::<f32>()?[lo..hi]));
+        }
+    }
+    let v: Vec<f32> = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    Ok(f(&v))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -444,17 +526,23 @@ pub fn prefix_matching(model: &Model, seqs: &[InductionSeq], mode: PrefixMode, o
     for group in sequence_groups(seqs, crate::model::stack::group_tokens(model, per_token)) {
         let ids: Vec<Tensor> = group.clone().map(|s| model.batch_ids(std::slice::from_ref(&seqs[s].ids))).collect::<Result<_>>()?;
         let passes: Vec<PassInput<'_>> = ids.iter().map(|ids| PassInput { ids, layout: &Layout::Causal, mask: None }).collect();
+        let targets: Vec<Vec<Vec<u32>>> = group.clone().map(|s| tl_targets(&seqs[s].ids)).collect();
         // The model's own layer loop; each layer's record is dropped after scoring, so only one
         // layer's attention `[1, H, T, T]` per sequence is held at once.
         model.forward_layers_group(&passes, false, &mut |k, l, _, acts, _| {
             let s = group.start + k;
             let seq = &seqs[s];
             let t = seq.ids.len();
-            let buf: Vec<f32> = acts.attn.pattern.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-            for h in 0..nh {
-                let a = head_slice(&buf, h, t);
-                prefix[s][l * nh + h] = prefix_score(a, t, seq.offset, seq.len, mode);
-                tl[s][l * nh + h] = tl_induction_score(a, &seq.ids);
+            // [1, H, T, T] read in place; heads scored in parallel (the kernels are idle meanwhile).
+            let scores = with_f32(&acts.attn.pattern, |buf| {
+                per_head(nh, |h| {
+                    let a = head_slice(buf, h, t);
+                    (prefix_score(a, t, seq.offset, seq.len, mode), tl_induction_score_at(a, t, &targets[k]))
+                })
+            })?;
+            for (h, (p, q)) in scores.into_iter().enumerate() {
+                prefix[s][l * nh + h] = p;
+                tl[s][l * nh + h] = q;
             }
             Ok(())
         })?;
@@ -479,16 +567,53 @@ fn sequence_groups(seqs: &[InductionSeq], max_tokens: usize) -> Vec<std::ops::Ra
 /// at row j), for the given copying mode.
 pub fn direct_path(model: &Model, l: usize, ids: &[u32], mode: CopyMode) -> Result<(Tensor, Tensor)> {
     let block = model.blocks.get(l).with_context(|| format!("layer {l} out of range"))?;
-    direct_path_of(model, &block, l, ids, mode)
+    let inputs = DirectInputs::new(model, ids)?;
+    let dp = direct_path_of(model, &block, l, &inputs, mode)?;
+    let z = match &dp.bias {
+        Some(bz) => dp.z.broadcast_add(&bz.unsqueeze(0)?)?,
+        None => dp.z,
+    };
+    Ok((dp.probs, z))
+}
+
+/// What the direct path of every layer reads from one sequence: the token ids `[1, T]`, the
+/// embedding-only input `e` `[1, T, D]` and `M^T` `[D, T]` (M = U_seq P: the unembedding rows of
+/// the sequence's tokens through project_out). None of it depends on the layer, so it is built
+/// once per sequence rather than once per layer.
+struct DirectInputs {
+    e: Tensor,
+    mt: Tensor,
+}
+
+impl DirectInputs {
+    fn new(model: &Model, ids: &[u32]) -> Result<Self> {
+        let idt = model.batch_ids(&[ids.to_vec()])?; // [1, T]
+        let e = model.embed.forward(&idt, &Layout::Causal)?; // [1, T, D]
+        let u = model.head.unembed.index_select(&idt.squeeze(0)?.to_device(model.head_device())?, 0)?; // [T, E]: rows of the sequence's tokens
+        let m = match &model.head.project_out {
+            Some(p) => u.matmul(&p.weight.to_device(u.device())?)?, // [T, E] x [E, D]
+            None => u,
+        }; // [T, D]
+        Ok(Self { e, mt: m.t()?.contiguous()? }) // mt [D, T]
+    }
+}
+
+/// One layer's direct path on one sequence: the pattern `[H, T, T]`, the logits `[H, T, T]`
+/// without the authors' bias term, and that term `b . m_k` `[T]` (authors mode with an out_proj
+/// bias), which the scorer adds per column as it reads z.
+struct DirectPath {
+    probs: Tensor,
+    z: Tensor,
+    bias: Option<Tensor>,
 }
 
 /// [`direct_path`] with layer `l`'s block already at hand (streamed models materialise it once
-/// for many sequences).
-fn direct_path_of(model: &Model, block: &Block, l: usize, ids: &[u32], mode: CopyMode) -> Result<(Tensor, Tensor)> {
+/// for many sequences) and the per-sequence inputs built once.
+fn direct_path_of(model: &Model, block: &Block, l: usize, inputs: &DirectInputs, mode: CopyMode) -> Result<DirectPath> {
     let attn = &block.attn;
     let (h, hd) = (attn.n_heads, attn.head_dim);
-    let idt = model.batch_ids(&[ids.to_vec()])?; // [1, T]
-    let e = model.embed.forward(&idt, &Layout::Causal)?.to_device(model.blocks.device(l))?; // [1, T, D] on the layer's device
+    let dev = model.blocks.device(l);
+    let e = inputs.e.to_device(dev)?; // [1, T, D] on the layer's device
     // The block's own attention half on the embeddings alone: ln1(e) for pre-norm and parallel
     // blocks, e itself for post-norm (OPT-350m: no norm before attention, spec 9.16).
     let (_, _, acts) = block.attention_half(&e, &Layout::Causal, None)?;
@@ -504,26 +629,26 @@ fn direct_path_of(model: &Model, block: &Block, l: usize, ids: &[u32], mode: Cop
     // z[h][j][k] = (per_head[h][j] Wo_h^T (+ bo)) P^T u_k with P = project_out (identity if
     // absent) and u_k the unembedding row of ids[k]. Associated as per_head (Wo_h^T M^T) with
     // M = U_seq P [T, D], which costs H*T*hd*(D + T) instead of H*T*D*(hd + T) multiply-adds.
-    let u = model.head.unembed.index_select(&idt.squeeze(0)?.to_device(model.head_device())?, 0)?.to_device(model.blocks.device(l))?; // [T, E]: rows of the sequence's tokens
-    let m = match &model.head.project_out {
-        Some(p) => u.matmul(&p.weight.to_device(u.device())?)?, // [T, E] x [E, D]
-        None => u,
-    }; // [T, D]
-    let mt = m.t()?.contiguous()?; // [D, T]
+    let mt = inputs.mt.to_device(dev)?; // [D, T]
     // out_proj weight [D, H*hd] -> per head [H, hd, D].
     let w = &attn.o.weight;
     let d = w.dims()[0];
     let wo = w.reshape((d, h, hd))?.permute((1, 2, 0))?.contiguous()?; // [H, hd, D]
     let g = wo.broadcast_matmul(&mt)?; // [H, hd, T]
     let mut z = per_head.matmul(&g)?; // [H, T, T]
-    if mode == CopyMode::Authors {
-        if let Some(b) = &attn.o.bias {
-            // the full output bias, for every head (spec 9.11): adds b . m_k to every row
-            let bz = b.unsqueeze(0)?.matmul(&mt)?; // [1, T]
-            z = z.broadcast_add(&bz)?;
+    let mut bias = match (mode, &attn.o.bias) {
+        // the full output bias, for every head (spec 9.11): adds b . m_k to every row
+        (CopyMode::Authors, Some(b)) => Some(b.unsqueeze(0)?.matmul(&mt)?.squeeze(0)?), // [T]
+        _ => None,
+    };
+    if z.dtype() != candle_core::DType::F32 {
+        // In bf16/f16 the sum is rounded to the compute dtype before it is widened: keep it a
+        // tensor op so the scorer reads the same numbers.
+        if let Some(bz) = bias.take() {
+            z = z.broadcast_add(&bz.unsqueeze(0)?)?;
         }
     }
-    Ok((probs, z))
+    Ok(DirectPath { probs, z, bias })
 }
 
 /// Copying scores of every head on each `[BOS] + X` sequence (module docs). `on_sequence(done)`
@@ -535,23 +660,26 @@ pub fn copying(model: &Model, seqs: &[InductionSeq], mode: CopyMode, on_sequence
     }
     let mut per_sequence = vec![vec![0.0; nl * nh]; seqs.len()];
     // Layer-major over groups of sequences: resident, a group is one sequence; streamed, each
-    // block is materialised once per group rather than once per sequence.
-    let per_token = model.info.hidden * model.blocks.dtype().size_in_bytes();
+    // block is materialised once per group rather than once per sequence. A sequence holds e
+    // and M^T (2 x [T, D]) for the whole group, hence twice the residual stream's budget.
+    let per_token = 2 * model.info.hidden * model.blocks.dtype().size_in_bytes();
     let order: Vec<usize> = (0..nl).collect();
     let mut done = 0;
     for group in sequence_groups(seqs, crate::model::stack::group_tokens(model, per_token)) {
+        let inputs: Vec<DirectInputs> = group.clone().map(|s| DirectInputs::new(model, &seqs[s].ids)).collect::<Result<_>>()?;
         model.blocks.for_each(&order, &mut |l, block| {
             let window = model.blocks.meta(l).sliding_window;
             for s in group.clone() {
                 let t = seqs[s].ids.len();
-                let (probs, z) = direct_path_of(model, block, l, &seqs[s].ids, mode)?;
+                let dp = direct_path_of(model, block, l, &inputs[s - group.start], mode)?;
                 // Scores are read in f32 whatever the compute dtype (the pattern is already wide;
-                // the direct-path logits come out of compute-dtype matmuls).
-                let a: Vec<f32> = probs.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-                let z: Vec<f32> = z.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-                for h in 0..nh {
-                    per_sequence[s][l * nh + h] = copy_score(head_slice(&a, h, t), head_slice(&z, h, t), t, window, mode);
-                }
+                // the direct-path logits come out of compute-dtype matmuls), in place, heads in
+                // parallel. The bias term, when there is one, is rounded to f32 like z.
+                let bias: Option<Vec<f32>> = dp.bias.as_ref().map(|b| b.to_dtype(candle_core::DType::F32)?.to_vec1()).transpose()?;
+                let scores = with_f32(&dp.probs, |a| {
+                    with_f32(&dp.z, |z| per_head(nh, |h| copy_score_biased(head_slice(a, h, t), head_slice(z, h, t), bias.as_deref(), t, window, mode)))
+                })??;
+                per_sequence[s][l * nh..(l + 1) * nh].copy_from_slice(&scores);
             }
             Ok(())
         })?;
