@@ -37,6 +37,7 @@ fn row(name: &str, seqs: &[InductionSeq], secs: f64, flops: f64) {
 
 fn main() {
     headroom::tune_allocator(); // as the binary does
+    headroom::tune_thread_pools();
     let n = env_usize("HEADROOM_BENCH_SEQUENCES", 10);
     let min_len = env_usize("HEADROOM_BENCH_MIN_LEN", 25);
     let iters = env_usize("HEADROOM_BENCH_ITERS", 1).max(1);
