@@ -60,4 +60,4 @@ cat "$WORK/headroom.log" >&2
 "$venv/bin/python" $here/bench_lmeval.py compare "$WORK" "$WORK/headroom" \
   "$(cat "$WORK/lm-eval/wall_s")" "$(echo "$t2 - $t1" | bc)"
 # Other work on the machine moves both figures (torch's threads suffer most): say how busy it was.
-echo "machine: $(nproc) cores; 1/5/15-min load average before lm-eval: $(sed 's/.*load average: //' "$WORK/lm-eval.uptime"), before headroom: $load_hr"
+echo "machine: $(nproc) cores; 1/5/15-min load average before lm-eval: $(sed 's/.*load average: //' "$WORK/lm-eval.uptime" 2>/dev/null || echo "not recorded"), before headroom: $load_hr"
