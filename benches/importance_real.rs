@@ -17,7 +17,6 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -114,12 +113,21 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-30)).fold(0.0, f64::max)
 }
 
+fn read_json_line(r: &mut impl std::io::BufRead) -> Option<serde_json::Value> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    serde_json::from_str(line.trim()).ok()
+}
+
 struct Run {
     batch: usize,
     secs: f64,
     sums: ImportanceSums,
     batches: Vec<Vec<usize>>,
-    file: PathBuf,
+    /// PyTorch's answer for the same run: seconds, losses in batch order, sums.
+    torch: Option<serde_json::Value>,
+    /// 1-minute load average after both sides ran (2 cores: above 2, others were running too).
+    load: String,
 }
 
 struct Workload {
@@ -162,6 +170,25 @@ fn main() {
     importance::accumulate(&model, &warm, &ImportanceOptions::default(), &mut |_, _| {}).expect("warm-up");
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let peak = candle_peak();
+    // PyTorch in one process for every run (the GGUF dequantized once), answering one run per
+    // line, so each of its runs follows headroom's on the same prompts: a shared machine's load
+    // drifts over minutes, and back to back both sides see about the same.
+    let mut torch = python().and_then(|py| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_torch.py");
+        let mut child = std::process::Command::new(py)
+            .arg(script)
+            .args(["--model", "gguf", "--gguf", &path.display().to_string(), "--mode", "importance-prompts", "--prompts", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdin = child.stdin.take()?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take()?);
+        let info = read_json_line(&mut stdout)?;
+        Some((child, stdin, stdout, info))
+    });
     for w in work.iter_mut() {
         for &b in &batch_sizes {
             // The tool's options with `--batch-size b`; at batch 1 also each example's
@@ -183,27 +210,23 @@ fn main() {
                 writeln!(f, "{}", serde_json::json!({"ids": ids, "start": p.context.len(), "index": i})).expect("write");
             }
             drop(f);
-            w.runs.push(Run { batch: b, secs, sums, batches, file });
+            let t = torch.as_mut().and_then(|(_, stdin, stdout, _)| {
+                writeln!(stdin, "{}@{b}", file.display()).ok()?;
+                stdin.flush().ok()?;
+                read_json_line(stdout)
+            });
+            if torch.is_some() && t.is_none() {
+                eprintln!("pytorch baseline failed on {}", file.display());
+            }
+            let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("-").to_string();
+            w.runs.push(Run { batch: b, secs, sums, batches, torch: t, load });
         }
     }
-
-    let peak = candle_peak();
-    let py = python();
-    let torch: Option<serde_json::Value> = py.as_ref().and_then(|py| {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_torch.py");
-        let specs: Vec<String> = work.iter().flat_map(|w| w.runs.iter().map(|r| format!("{}@{}", r.file.display(), r.batch))).collect();
-        let out = std::process::Command::new(py)
-            .arg(script)
-            .args(["--model", "gguf", "--gguf", &path.display().to_string(), "--mode", "importance-prompts", "--prompts"])
-            .args(&specs)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!("pytorch baseline failed: {}", String::from_utf8_lossy(&out.stderr));
-            return None;
-        }
-        serde_json::from_slice(out.stdout.trim_ascii()).ok()
-    });
+    let torch_peak = torch.as_ref().and_then(|(_, _, _, info)| info["matmul_gflops"].as_f64());
+    if let Some((mut child, stdin, _, _)) = torch.take() {
+        drop(stdin); // EOF: the script exits
+        let _ = child.wait();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
@@ -211,12 +234,10 @@ fn main() {
         threads(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    let torch_peak = torch.as_ref().and_then(|t| t["matmul_gflops"].as_f64());
     println!(
         "measured f32 matmul peak, 1024^3: candle {peak:.0} GFLOP/s, torch.matmul {}",
         torch_peak.map_or("-".into(), |p| format!("{p:.0} GFLOP/s"))
     );
-    let mut torch_runs = torch.as_ref().and_then(|t| t["runs"].as_array()).map(|a| a.iter());
     let mut all_ok = true;
     for w in &work {
         let tokens: usize = w.prompts.iter().map(TokenizedPrompt::len).sum();
@@ -224,16 +245,15 @@ fn main() {
         println!();
         println!("{} {}-shot: {} examples, {tokens} tokens ({scored} scored)", w.task, w.shots, w.prompts.len());
         println!(
-            "{:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {}",
-            "batch", "padded", "hr tok/s", "hr GF/s", "pt tok/s", "pt GF/s", "ratio", "≥1.5x", "check (loss |Δ| max, head/ffn rel max)"
+            "{:>5} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {}",
+            "batch", "load", "padded", "hr tok/s", "hr GF/s", "pt tok/s", "pt GF/s", "ratio", "≥1.5x", "check (loss |Δ| max, head/ffn rel max)"
         );
         for r in &w.runs {
             let padded: usize = r.batches.iter().map(|c| c.iter().map(|&i| w.prompts[i].len()).max().unwrap_or(0) * c.len()).sum();
             let hf = pass_flops(&model, Side::Headroom, &w.prompts, &r.batches);
             let hr_tps = tokens as f64 / r.secs;
             let hr_gf = hf / r.secs / 1e9;
-            let t = torch_runs.as_mut().and_then(|it| it.next());
-            let (pt_tps, pt_gf, ratio, meets, check) = match t {
+            let (pt_tps, pt_gf, ratio, meets, check) = match &r.torch {
                 Some(t) => {
                     let ts = t["seconds"].as_f64().unwrap_or(f64::NAN);
                     let tf = pass_flops(&model, Side::Torch, &w.prompts, &r.batches);
@@ -257,7 +277,7 @@ fn main() {
                 }
                 None => ("-".into(), "-".into(), "-".into(), "-", "no PyTorch".into()),
             };
-            println!("{:>5} {padded:>8} {hr_tps:>9.0} {hr_gf:>9.1} {pt_tps:>9} {pt_gf:>9} {ratio:>9} {meets:>7}  {check}", r.batch);
+            println!("{:>5} {:>5} {padded:>8} {hr_tps:>9.0} {hr_gf:>9.1} {pt_tps:>9} {pt_gf:>9} {ratio:>9} {meets:>7}  {check}", r.batch, r.load);
         }
     }
     println!();

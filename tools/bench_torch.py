@@ -16,7 +16,7 @@ JSON line {"seconds_per_iter": ...}. Modes:
 Models: opt-125m (random weights of OPT-125m's shape) or gguf (a GGUF file via transformers'
 GGUF loader, which dequantizes to f32).
 """
-import argparse, json, time
+import argparse, json, sys, time
 
 import torch
 import transformers
@@ -161,19 +161,34 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--prompts", nargs="+", help="importance-prompts: FILE[@BATCH] ... (BATCH default --batch)")
+    ap.add_argument("--prompts", nargs="+", help="importance-prompts: FILE[@BATCH] ... (BATCH default --batch), or - to read them from stdin")
     a = ap.parse_args()
     model = build(a.model, a.gguf)
     for p in model.parameters():
         p.requires_grad_(False)
     if a.mode == "importance-prompts":
-        # Every workload in one process: the GGUF is dequantized once.
-        gates, runs = attach_token_gates(model), []
-        for spec in a.prompts:
+        # Every workload in one process (the GGUF is dequantized once). `--prompts -`: one
+        # FILE@BATCH per stdin line, answered by one JSON line each, after a first line with
+        # the matmul peak once the model is loaded, so the caller can interleave its own runs
+        # with these and both see the same load on a shared machine.
+        gates, done = attach_token_gates(model), 0
+        info = {"matmul_gflops": matmul_peak(), "threads": torch.get_num_threads(),
+                "torch": torch.__version__, "transformers": transformers.__version__}
+
+        def one(spec):
+            nonlocal done
             path, _, b = spec.rpartition("@") if "@" in spec else (spec, "", a.batch)
-            runs.append(importance_prompts(model, gates, path, int(b), warm_up=not runs))
-        print(json.dumps({"runs": runs, "matmul_gflops": matmul_peak(), "threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "transformers": transformers.__version__}))
+            r = importance_prompts(model, gates, path, int(b), warm_up=done == 0)
+            done += 1
+            return r
+
+        if a.prompts == ["-"]:
+            print(json.dumps(info), flush=True)
+            for line in sys.stdin:
+                if line.strip():
+                    print(json.dumps(one(line.strip())), flush=True)
+        else:
+            print(json.dumps({"runs": [one(spec) for spec in a.prompts], **info}))
         return
     vocab = model.config.vocab_size
     ids = (torch.arange(a.batch * a.seq).reshape(a.batch, a.seq) * 104729 % (vocab - 1))
