@@ -110,7 +110,7 @@ fn pass_flops(m: &Model, side: Side, prompts: &[TokenizedPrompt], batches: &[Vec
 
 /// Largest |a - b| / |b| over the entries (the check's relative error).
 fn max_rel(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-30)).fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-30)).fold(0.0, |m: f64, r| if r.is_nan() || m.is_nan() { f64::NAN } else { m.max(r) })
 }
 
 fn read_json_line(r: &mut impl std::io::BufRead) -> Option<serde_json::Value> {
@@ -134,7 +134,7 @@ struct Workload {
     task: String,
     shots: usize,
     prompts: Vec<TokenizedPrompt>,
-    /// headroom's per-example losses (batch 1 pass), in prompt order.
+    /// headroom's per-example losses (its first run), in prompt order.
     losses: Vec<f64>,
     runs: Vec<Run>,
 }
@@ -191,9 +191,10 @@ fn main() {
     });
     for w in work.iter_mut() {
         for &b in &batch_sizes {
-            // The tool's options with `--batch-size b`; at batch 1 also each example's
-            // contribution, for its loss (the only extra work: copying L·H + L floats per example).
-            let opts = ImportanceOptions { batch_size: b, keep_per_example: b == 1, ..Default::default() };
+            // The tool's options with `--batch-size b`; on the workload's first run also each
+            // example's contribution, for its loss (the only extra work: copying L·H + L floats
+            // per example; losses do not depend on the batching).
+            let opts = ImportanceOptions { batch_size: b, keep_per_example: w.losses.is_empty(), ..Default::default() };
             let start = Instant::now();
             let (sums, per) = importance::accumulate(&model, &w.prompts, &opts, &mut |_, _| {}).expect("importance");
             let secs = start.elapsed().as_secs_f64();
@@ -260,11 +261,12 @@ fn main() {
                     // Per-example losses come back in file (= batch) order.
                     let order: Vec<usize> = r.batches.iter().flatten().copied().collect();
                     let tl: Vec<f64> = t["losses"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
-                    let dl = order.iter().zip(&tl).map(|(&i, l)| (w.losses.get(i).copied().unwrap_or(f64::NAN) - l).abs()).fold(0.0, f64::max);
+                    // NaN (a missing loss) must fail the check, so no f64::max, which drops NaNs.
+                    let dl = order.iter().zip(&tl).map(|(&i, l)| (w.losses.get(i).copied().unwrap_or(f64::NAN) - l).abs()).fold(0.0, |a: f64, d| if d.is_nan() || a.is_nan() { f64::NAN } else { a.max(d) });
                     let th: Vec<f64> = t["head_abs"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
                     let tfn: Vec<f64> = t["ffn_abs"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
                     let (rh, rf) = (max_rel(&r.sums.head_abs, &th), max_rel(&r.sums.ffn_abs, &tfn));
-                    let ok = tl.len() == order.len() && th.len() == r.sums.head_abs.len() && dl <= 1e-4 && rh <= 1e-3 && rf <= 1e-3;
+                    let ok = tl.len() == order.len() && th.len() == r.sums.head_abs.len() && tfn.len() == r.sums.ffn_abs.len() && dl <= 1e-4 && rh <= 1e-3 && rf <= 1e-3;
                     all_ok &= ok;
                     let ratio = ts / r.secs;
                     (
