@@ -213,6 +213,10 @@ pub struct ExampleContribution {
     pub ffn_abs: Vec<f32>,
     pub tokens: u32,
     pub label_tokens: u32,
+    /// The example's loss (eq. 9), so a baseline can be checked example by example; files
+    /// written before it existed read as 0.
+    #[serde(default)]
+    pub loss: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -236,6 +240,17 @@ impl Default for ImportanceOptions {
 /// Progress after each batch: examples done and tokens processed so far.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, u64);
 
+/// The batches [`accumulate`] runs, as prompt indices: longest first (so a batch pads little)
+/// unless the mode is per_batch, where the given order defines the batches. Public so a
+/// baseline can run the very same batches.
+pub fn batches(prompts: &[TokenizedPrompt], opts: &ImportanceOptions) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    if opts.abs_mode != AbsMode::PerBatch {
+        order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
+    }
+    order.chunks(opts.batch_size.max(1)).map(<[usize]>::to_vec).collect()
+}
+
 /// Runs forward + activation-only backward over every prompt and accumulates the sums.
 /// Batches hold examples of similar length (sorted) unless the mode is per_batch, where the
 /// given order defines the batches.
@@ -250,15 +265,11 @@ pub fn accumulate(
         bail!("batch size must be at least 1");
     }
     let mut sums = ImportanceSums::new(l_n, h_n, opts.abs_mode);
-    let mut order: Vec<usize> = (0..prompts.len()).collect();
-    if opts.abs_mode != AbsMode::PerBatch {
-        order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
-    }
+    let chunks = batches(prompts, opts);
     let keep = opts.keep_per_example && opts.abs_mode != AbsMode::PerBatch;
     let mut per_example: Vec<ExampleContribution> = if keep { vec![Default::default(); prompts.len()] } else { vec![] };
     let mut done = 0;
     let mut tokens_done = 0u64;
-    let chunks: Vec<&[usize]> = order.chunks(opts.batch_size).collect();
     // Streamed weights: a group of batches goes through each block together (one
     // materialisation per block per group); resident: one batch at a time, as before. The
     // batches and their numbers are the same either way.
@@ -326,6 +337,7 @@ pub fn accumulate(
                 if keep {
                     per_example[i].tokens = n as u32;
                     per_example[i].label_tokens = ty as u32;
+                    per_example[i].loss = *loss;
                 }
             }
             done += chunk.len();

@@ -193,6 +193,7 @@ fn synthetic(n: usize, base: &[f64], n_layers: usize, seed: u64) -> Vec<ExampleC
                 ffn_abs: (0..n_layers).map(|l| (scale * (1.0 + l as f64) * rng.random::<f64>()) as f32).collect(),
                 tokens,
                 label_tokens: rng.random_range(1..4),
+                loss: 0.0,
             }
         })
         .collect()
@@ -250,6 +251,7 @@ fn resampled_sums_use_the_authors_normalization() {
         ffn_abs: vec![v, v],
         tokens,
         label_tokens: label,
+        loss: 0.0,
     };
     let ex = vec![e(1.0, 5, 1), e(10.0, 11, 3)];
     let s = compare::resampled_sums(&ex, &[2, 1], 2, 2).scores(Normalize::Authors);

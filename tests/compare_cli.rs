@@ -25,6 +25,7 @@ fn write_run(dir: &Path, base: &[f64], seed: u64, with_contributions: bool) {
                 ffn_abs: vec![1.0; L],
                 tokens,
                 label_tokens: 2,
+                loss: 0.0,
             }
         })
         .collect();
