@@ -246,8 +246,8 @@ fn main() {
         println!();
         println!("{} {}-shot: {} examples, {tokens} tokens ({scored} scored)", w.task, w.shots, w.prompts.len());
         println!(
-            "{:>5} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {}",
-            "batch", "load", "padded", "hr tok/s", "hr GF/s", "pt tok/s", "pt GF/s", "ratio", "≥1.5x", "check (loss |Δ| max, head/ffn rel max)"
+            "{:>5} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  check (loss |Δ| max, head/ffn rel max)",
+            "batch", "load", "padded", "hr tok/s", "hr GF/s", "pt tok/s", "pt GF/s", "ratio", "≥1.5x"
         );
         for r in &w.runs {
             let padded: usize = r.batches.iter().map(|c| c.iter().map(|&i| w.prompts[i].len()).max().unwrap_or(0) * c.len()).sum();

@@ -124,14 +124,18 @@ fn simd_level() -> u8 {
 macro_rules! multiversion {
     ($(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
         fn $name($($arg: $ty),*) {
             #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn v4($($arg: $ty),*) { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn v3($($arg: $ty),*) { body($($arg),*) }
                 match simd_level() {
                     // SAFETY: the CPU has the features these copies were compiled for.
@@ -211,7 +215,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     let xc = x.clamp(LO, HI);
     let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
     let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
     let e = p * r * r + r + 1.0;
     // 2^n for n in [-126, 128]: n = 128 only when x > 88.38, where the scale is split in two.
     let n = n as i32;
@@ -556,7 +560,7 @@ fn heads_pass(x: &Tensor, b: usize, t: usize, n: usize, hd: usize, rot: Option<&
     if r > hd || !r.is_multiple_of(2) || (r > 0 && (cos.len() % half.max(1) != 0 || cos.len() != sin.len())) {
         return None;
     }
-    let max_pos = if half > 0 { cos.len() / half } else { usize::MAX };
+    let max_pos = cos.len().checked_div(half).unwrap_or(usize::MAX);
     let positions = rot.and_then(|r| r.positions.as_deref());
     if positions.is_some_and(|p| p.len() != b * t || p.iter().any(|&q| q as usize >= max_pos)) || (positions.is_none() && rot.is_some() && t > max_pos) {
         return None;
@@ -624,17 +628,23 @@ multiversion! {
 
 const CHUNK: usize = 32768;
 
+/// Two same-sized f32 tensors -> one output of their shape, `rows(a, b, out)` on matching
+/// chunks in parallel.
+fn zip2(a: &Tensor, b: &Tensor, rows: impl Fn(&[f32], &[f32], &mut [f32]) + Sync) -> Option<Result<Tensor>> {
+    let (av, bv) = (view(a)?, view(b)?);
+    let (xs, ys) = (av.slice(), bv.slice());
+    if xs.len() != ys.len() {
+        return None;
+    }
+    let mut out = output(xs.len());
+    out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK))).for_each(|(o, (x, y))| rows(x, y, o));
+    Some(tensor(out, a.dims()))
+}
+
 /// SwiGLU-style `act(g) * u`, g and u `[..., F]`.
 pub fn glu_forward(act: Activation, g: &Tensor, u: &Tensor) -> Option<Result<Tensor>> {
     let code = act_code(act)?;
-    let (gv, uv) = (view(g)?, view(u)?);
-    let (gs, us) = (gv.slice(), uv.slice());
-    if gs.len() != us.len() {
-        return None;
-    }
-    let mut out = output(gs.len());
-    out.par_chunks_mut(CHUNK).zip(gs.par_chunks(CHUNK).zip(us.par_chunks(CHUNK))).for_each(|(o, (a, b))| glu_rows(a, b, o, code));
-    Some(tensor(out, g.dims()))
+    zip2(g, u, |x, y, o| glu_rows(x, y, o, code))
 }
 
 /// Backward of `act(g) * u` for the upstream gradient da: (dg, du).
@@ -657,14 +667,7 @@ pub fn glu_backward(act: Activation, g: &Tensor, u: &Tensor, da: &Tensor) -> Opt
 /// act'(x) * dy.
 pub fn act_backward(act: Activation, x: &Tensor, dy: &Tensor) -> Option<Result<Tensor>> {
     let code = act_code(act)?;
-    let (xv, dv) = (view(x)?, view(dy)?);
-    let (xs, ds) = (xv.slice(), dv.slice());
-    if xs.len() != ds.len() {
-        return None;
-    }
-    let mut out = output(xs.len());
-    out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(ds.par_chunks(CHUNK))).for_each(|(o, (a, b))| act_backward_rows(a, b, o, code));
-    Some(tensor(out, x.dims()))
+    zip2(x, dy, |a, b, o| act_backward_rows(a, b, o, code))
 }
 
 // ---- row dots (the importance dots) ---------------------------------------------------------
