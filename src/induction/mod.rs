@@ -413,20 +413,12 @@ fn tl_induction_score_at(attn: &[f32], t: usize, targets: &[Vec<u32>]) -> f64 {
     }
 }
 
-/// `f(h)` for `h in 0..n`, on up to `available_parallelism` scoped threads (contiguous chunks of
-/// heads), results in order. Each head's score is computed exactly as serially, so the scores do
-/// not depend on the thread count.
-fn per_head<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let threads = std::thread::available_parallelism().map_or(1, |c| c.get()).min(n.max(1));
-    if threads <= 1 {
-        return (0..n).map(&f).collect();
-    }
-    let chunk = n.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..n).step_by(chunk).map(|lo| sc.spawn(move || (lo..(lo + chunk).min(n)).map(f).collect::<Vec<T>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().expect("scoring thread panicked")).collect()
-    })
+/// `f(h)` for `h in 0..n` on rayon's pool (the one gemm and the kernels use), results in order.
+/// Each head's score is computed exactly as serially, so the scores do not depend on the thread
+/// count.
+fn per_head<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    use rayon::prelude::*;
+    (0..n).into_par_iter().map(f).collect()
 }
 
 /// Runs `f` on a tensor's elements as f32 in row-major order, borrowing the storage of a

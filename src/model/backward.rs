@@ -203,7 +203,6 @@ impl Model {
         let rows_t = Tensor::from_vec(rows, n, &hdev)?;
         let h = x.reshape((b * t, d))?.index_select(&rows_t, 0)?; // [N, D]
         let logits = self.head.forward(&h)?; // [N, V] in the compute dtype
-        let labels_t = Tensor::from_vec(labels.clone(), n, &hdev)?;
         let (losses, dlogits) = match super::kernels::nll_and_grad(&logits, &labels, &weights.iter().map(|&w| w as f32).collect::<Vec<_>>()) {
             // One pass per row: log p(label) and w (softmax - onehot), f32 logits only.
             Some(r) => {
@@ -216,7 +215,7 @@ impl Model {
                 }
                 (losses, dlogits)
             }
-            None => self.nll_and_grad_composed(&logits, &labels_t, &weights, targets)?,
+            None => self.nll_and_grad_composed(&logits, &Tensor::from_vec(labels, n, &hdev)?, &weights, targets)?,
         };
         // Back into the compute dtype at the unembedding (the backward of `.float()`).
         let dh = self.head.backward(&h, &dlogits.to_dtype(logits.dtype())?)?; // [N, D]
