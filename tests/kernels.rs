@@ -74,7 +74,7 @@ fn linear(out: usize, inp: usize, bias: bool, seed: u64) -> Linear {
 }
 
 fn attention(h: usize, kv: usize, hd: usize, d: usize, rope: Option<(RopeStyle, usize)>, window: Option<usize>) -> Attention {
-    let rope = rope.map(|(style, r)| Rope::new(style, r, 10000.0, &Rope::default_inv_freq(10000.0, r), 64, &Device::Cpu).unwrap());
+    let rope = rope.map(|(style, r)| Rope::new(style, r, 10000.0, &Rope::default_inv_freq(10000.0, r), 512, &Device::Cpu).unwrap());
     Attention {
         q: linear(h * hd, d, true, 10),
         k: linear(kv * hd, d, true, 20),
@@ -135,6 +135,29 @@ fn attention_adjacent_pairs_on_a_tree_layout() {
     let rows = [TreeRow { prefix: 5, branches: vec![3, 4] }, TreeRow { prefix: 2, branches: vec![6] }];
     let layout = Layout::tree(&rows, 12, None, &Device::Cpu).unwrap();
     check_attention("adjacent pairs, tree", &a, &layout, None, 2, 12, 16);
+}
+
+/// The tiled causal kernel across several row blocks (T > BLOCK_ROWS, a last block cut short),
+/// with GQA, a sliding window shorter than a block and one longer, gates and RoPE.
+#[test]
+fn attention_tiled_causal_across_row_blocks() {
+    let t = 2 * kernels::BLOCK_ROWS + 23;
+    let probe = randn(&[1, 2, t, 8], 3);
+    let kv = randn(&[1, 1, t, 8], 4);
+    assert!(kernels::causal_attention(&probe, &kv, &kv, None, false).is_some(), "tiled kernel path taken");
+    assert!(kernels::composed(|| kernels::causal_attention(&probe, &kv, &kv, None, false)).is_none());
+    // Without the pattern, z is the same.
+    let (p, z) = kernels::causal_attention(&probe, &kv, &kv, Some(40), true).unwrap().unwrap();
+    let (none, z2) = kernels::causal_attention(&probe, &kv, &kv, Some(40), false).unwrap().unwrap();
+    assert!(p.is_some() && none.is_none());
+    assert_eq!(rel_diff(&z, &z2), 0.0);
+    let gate = Tensor::new(&[1f32, 0.0, 0.5, 1.0, 2.0, 1.0], &Device::Cpu).unwrap();
+    for window in [None, Some(9), Some(100)] {
+        let a = attention(6, 2, 16, 24, Some((RopeStyle::RotateHalf, 16)), window);
+        check_attention(&format!("tiled gqa window {window:?}"), &a, &Layout::Causal, Some(&gate), 2, t, 24);
+    }
+    let a = attention(4, 4, 8, 16, None, None);
+    check_attention("tiled mha", &a, &Layout::Causal, None, 1, kernels::BLOCK_ROWS, 16);
 }
 
 #[test]

@@ -122,6 +122,16 @@ impl Attention {
                 (if after { q } else { scale_by(&q, self.scale)? }, k, v) // q * scale   [B, H, T, hd]
             }
         };
+        // f32 CPU, causal: the tiled kernel computes the scores, softmax and A v block by block,
+        // never the keys above the diagonal (kernels/attention.rs).
+        if let (false, Layout::Causal) = (after, layout) {
+            if let Some(r) = kernels::causal_attention(&qs, &k, &v, self.sliding_window, true) {
+                let (pattern, o) = r?;
+                let pattern = pattern.ok_or_else(|| anyhow::anyhow!("internal: the causal kernel kept no pattern"))?;
+                let y = self.o.forward(&self.gated_heads(&o, head_gate)?)?;
+                return Ok((y, AttnActs { q: qs, k, v, pattern, z: o }));
+            }
+        }
         // The score matmul runs in the compute dtype; the scores are then widened (f32 for
         // bf16/f16) before the bias and the softmax, as transformers' eager attention does
         // (`softmax(..., dtype=float32)`): a half-precision softmax over long rows loses the
@@ -211,7 +221,6 @@ impl Attention {
     pub fn backward(&self, a: &AttnActs, layout: &Layout, head_gate: Option<&Tensor>, dy: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = dy.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let rep = h / kv;
         let split = |y: Tensor, n: usize| -> Result<Tensor> {
             match kernels::split_heads(&y, n, hd, None, None) {
                 Some(s) => s,
@@ -231,28 +240,15 @@ impl Attention {
             Some(g) => d_go.broadcast_mul(&g.to_dtype(dt)?.reshape((1, h, 1, 1))?)?,
             None => d_go,
         };
-        // o = A v  =>  dA = do v^T,  dv = A^T do   (matmuls in the compute dtype, A rounded to
-        // it as in the forward; grouped, so dv sums over the query heads of its kv head)
-        let d_o_g = grouped(&d_o, rep)?; // [B, KV, rep*T, hd]
-        let d_probs = ungroup(&matmul(&d_o_g, &a.v.t()?)?, rep)?; // [B, H, T, T]
-        let d_v = matmul(&grouped(&a.pattern.to_dtype(dt)?, rep)?.t()?, &d_o_g)?; // [B, KV, T, hd]
-        // A = softmax(S)  =>  dS = A * (dA - rowsum(dA * A))   (masked entries have A = 0);
-        // in the softmax's wide dtype, rounded to the compute dtype once (PyTorch's autograd
-        // through `softmax(dtype=float32)` does the same).
-        let d_scores = match kernels::softmax_backward(&a.pattern, &d_probs) {
-            Some(d) => d?,
-            None => {
-                let d_probs = widen(&d_probs)?;
-                let row = (&d_probs * &a.pattern)?.sum_keepdim(D::Minus1)?;
-                (&a.pattern * d_probs.broadcast_sub(&row)?)?.to_dtype(dt)?
-            }
-        };
-        // S = (q scale) k^T  =>  dq = dS k scale,  dk = dS^T (q scale)
-        // S = (q k^T) scale  =>  d(q k^T) = dS scale,  dq = d(q k^T) k,  dk = d(q k^T)^T q
         let after = self.scales_scores(dt);
-        let d_raw = grouped(&if after { scale_by(&d_scores, self.scale)? } else { d_scores }, rep)?; // [B, KV, rep*T, T]
-        let d_q = ungroup(&matmul(&d_raw, &a.k)?, rep)?; // [B, H, T, hd]
-        let d_k = matmul(&d_raw.t()?, &grouped(&a.q, rep)?)?; // [B, KV, T, hd], summed over the group
+        let tiled = match (after, layout) {
+            (false, Layout::Causal) => kernels::causal_attention_backward(&a.pattern, &a.q, &a.k, &a.v, &d_o, self.sliding_window),
+            _ => None,
+        };
+        let (d_q, d_k, d_v) = match tiled {
+            Some(g) => g?, // the tiled kernel: the same products on the visible keys only
+            None => self.scores_backward(a, &d_o, after)?,
+        };
         // q = rope(x Wq + bq) scale, k = rope(x Wk + bk): scale, rotate back by -theta and merge
         // the heads to [B, T, heads*hd], fused on f32 CPU tensors.
         let rot = self.rope.as_ref().map(|r| r.rotation(layout)).transpose()?;
@@ -284,6 +280,35 @@ impl Attention {
 }
 
 impl Attention {
+    /// The composed backward from d_o `[B, H, T, hd]` (the gated heads' gradient) to
+    /// (dq `[B, H, T, hd]`, dk and dv `[B, KV, T, hd]`), dq and dk before the scale and RoPE.
+    fn scores_backward(&self, a: &AttnActs, d_o: &Tensor, after: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        let dt = d_o.dtype();
+        let rep = self.n_heads / self.n_kv_heads;
+        // o = A v  =>  dA = do v^T,  dv = A^T do   (matmuls in the compute dtype, A rounded to
+        // it as in the forward; grouped, so dv sums over the query heads of its kv head)
+        let d_o_g = grouped(d_o, rep)?; // [B, KV, rep*T, hd]
+        let d_probs = ungroup(&matmul(&d_o_g, &a.v.t()?)?, rep)?; // [B, H, T, T]
+        let d_v = matmul(&grouped(&a.pattern.to_dtype(dt)?, rep)?.t()?, &d_o_g)?; // [B, KV, T, hd]
+        // A = softmax(S)  =>  dS = A * (dA - rowsum(dA * A))   (masked entries have A = 0);
+        // in the softmax's wide dtype, rounded to the compute dtype once (PyTorch's autograd
+        // through `softmax(dtype=float32)` does the same).
+        let d_scores = match kernels::softmax_backward(&a.pattern, &d_probs) {
+            Some(d) => d?,
+            None => {
+                let d_probs = widen(&d_probs)?;
+                let row = (&d_probs * &a.pattern)?.sum_keepdim(D::Minus1)?;
+                (&a.pattern * d_probs.broadcast_sub(&row)?)?.to_dtype(dt)?
+            }
+        };
+        // S = (q scale) k^T  =>  dq = dS k scale,  dk = dS^T (q scale)
+        // S = (q k^T) scale  =>  d(q k^T) = dS scale,  dq = d(q k^T) k,  dk = d(q k^T)^T q
+        let d_raw = grouped(&if after { scale_by(&d_scores, self.scale)? } else { d_scores }, rep)?; // [B, KV, rep*T, T]
+        let d_q = ungroup(&matmul(&d_raw, &a.k)?, rep)?; // [B, H, T, hd]
+        let d_k = matmul(&d_raw.t()?, &grouped(&a.q, rep)?)?; // [B, KV, T, hd], summed over the group
+        Ok((d_q, d_k, d_v))
+    }
+
     pub fn to_dtype(&self, dt: DType) -> Result<Self> {
         Ok(Self {
             q: self.q.to_dtype(dt)?,

@@ -149,6 +149,10 @@ macro_rules! multiversion {
     };
 }
 
+// Declared after the macro, which it uses.
+mod attention;
+pub use attention::{causal_attention, causal_attention_backward, BLOCK_ROWS};
+
 // ---- vectorisable row helpers (16 partial sums: the compiler keeps them in one register) ----
 
 const LANES: usize = 16;
