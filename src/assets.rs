@@ -1107,28 +1107,12 @@ fn write_entry_atomic(
     }
 }
 
+/// [`crate::io::write_atomic`] after checking the cache folder is writable, so a read-only cache
+/// is reported as [`AssetError::CacheNotWritable`] rather than as a failed rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = path.parent().context("no parent folder")?;
     ensure_writable_dir(parent)?;
-    let tmp = temp_sibling(path);
-    let r = (|| -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r.with_context(|| format!("writing {}", path.display()))
-}
-
-fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.part-{}", std::process::id()))
+    crate::io::write_atomic(path, bytes)
 }
 
 fn ensure_writable_dir(dir: &Path) -> Result<()> {
@@ -1150,31 +1134,8 @@ fn remove_file_logged(path: &Path, log: &mut dyn FnMut(&str)) {
     }
 }
 
-/// Streaming sha256 of a file, lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub use crate::io::sha256_file;
+use crate::io::{hex, temp_sibling};
 
 fn human_bytes(n: u64) -> String {
     if n >= 1_000_000 {

@@ -7,7 +7,7 @@
 //! - A **ranking** is the global ascending, stable argsort of the flat scores: `ranking[r]` is the
 //!   flat index of the r-th *least* important head (the pruning order, spec 10.3). Ties keep
 //!   index order, so among equal scores the higher flat index counts as more important.
-//!   NaN sorts as least important (the same rule as `induction::ranking_ascending`).
+//!   NaN ranks as the most important ([`crate::ranking`] documents why).
 //! - **Spearman** (the default statistic) is the Pearson correlation of the rank vectors, with
 //!   average ranks for ties, and a two-sided p-value from the t approximation with n-2 degrees of
 //!   freedom (as `scipy.stats.spearmanr`).
@@ -23,7 +23,7 @@
 //! The capacity-retained curve lives in `induction::capacity_retained`; it is not repeated here.
 
 use anyhow::{bail, ensure, Result};
-use rand::{Rng, SeedableRng};
+use crate::tasks::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::importance::{AbsMode, ExampleContribution, ImportanceSums, Normalize, Scores};
@@ -161,19 +161,10 @@ pub fn flatten(heads: &[Vec<f64>]) -> Vec<f64> {
     heads.iter().flatten().copied().collect()
 }
 
-fn sort_key(x: f64) -> f64 {
-    if x.is_nan() {
-        f64::NEG_INFINITY
-    } else {
-        x
-    }
-}
-
-/// The global ascending, stable ranking: `ranking[r]` = flat index of the r-th least important.
+/// The global ascending, stable ranking: `ranking[r]` = flat index of the r-th least important
+/// (the crate's one ranking, [`crate::ranking::ascending_ranking`]; NaN ranks most important).
 pub fn ranking(scores: &[f64]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| sort_key(scores[a]).total_cmp(&sort_key(scores[b])));
-    order
+    crate::ranking::ascending_ranking(scores)
 }
 
 /// Ranks 1..=n with the average rank for ties (scipy's `rankdata(method="average")`).
@@ -183,7 +174,7 @@ pub fn average_ranks(x: &[f64]) -> Vec<f64> {
     let mut i = 0;
     while i < order.len() {
         let mut j = i + 1;
-        while j < order.len() && sort_key(x[order[j]]) == sort_key(x[order[i]]) {
+        while j < order.len() && crate::ranking::importance_cmp(x[order[j]], x[order[i]]).is_eq() {
             j += 1;
         }
         // Positions i..j (0-based) share ranks i+1..=j: their mean is (i + 1 + j) / 2.
@@ -359,14 +350,8 @@ pub fn aggregate(sets: &[ScoreSet]) -> Result<Vec<f64>> {
 }
 
 /// Scores whose ranking is a uniformly random permutation (seeded): the paper's "Random" row.
-pub fn random_scores(n: usize, seed: u64) -> Vec<f64> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut perm: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        perm.swap(i, rng.random_range(0..=i));
-    }
-    perm.into_iter().map(|v| v as f64).collect()
-}
+/// Their ranking is `prune`'s `random:SEED` ranking for the same seed.
+pub use crate::ranking::random_scores;
 
 /// `sets` plus an "aggregate" set (mean of the others) and/or a "random" set, appended.
 pub fn with_reference_rows(sets: &[ScoreSet], aggregate_row: bool, random_seed: Option<u64>) -> Result<Vec<ScoreSet>> {
@@ -629,22 +614,20 @@ pub fn scores_from_examples(examples: &[ExampleContribution], normalize: Normali
     Ok(resampled_sums(examples, &vec![1; examples.len()], l, h).scores(normalize))
 }
 
-fn draw_counts(n: usize, rng: &mut impl Rng) -> Vec<u32> {
+fn draw_counts(n: usize, rng: &mut SplitMix64) -> Vec<u32> {
     let mut counts = vec![0u32; n];
     for _ in 0..n {
-        counts[rng.random_range(0..n)] += 1;
+        counts[rng.below(n)] += 1;
     }
     counts
 }
 
 /// The generator of replicate `b` of stream `stream` (one stream per score set): a pure function
 /// of (seed, stream, b), so results do not depend on how many threads drew them.
-fn replicate_rng(seed: u64, stream: u64, b: u64) -> rand::rngs::StdRng {
-    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    // splitmix64 finalizer, so nearby (stream, b) give unrelated seeds
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    rand::rngs::StdRng::seed_from_u64(z ^ (z >> 31))
+fn replicate_rng(seed: u64, stream: u64, b: u64) -> SplitMix64 {
+    // The crate's own generator (not rand's StdRng, which rand documents as not portable across
+    // versions), so a bootstrap interval is the same on every dependency version.
+    SplitMix64::for_key(seed, stream, b)
 }
 
 /// Linear-interpolated quantile of sorted values (numpy's default).
@@ -837,7 +820,7 @@ mod tests {
 
     #[test]
     fn ranking_is_stable_ascending() {
-        assert_eq!(ranking(&[3.0, 1.0, 3.0, 0.0, f64::NAN]), vec![4, 3, 1, 0, 2]);
+        assert_eq!(ranking(&[3.0, 1.0, 3.0, 0.0, f64::NAN]), vec![3, 1, 0, 2, 4]);
         assert_eq!(average_ranks(&[10.0, 20.0, 10.0, 5.0]), vec![2.5, 4.0, 2.5, 1.0]);
     }
 

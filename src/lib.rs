@@ -8,12 +8,14 @@
 //! - [`compare`]: rank correlations, top-k overlap, cross-task/shot tables, bootstrap (spec 6).
 //! - [`plots`]: SVG + PNG figures (heatmaps, bars, curves) from plain data.
 //! - [`induction`]: prefix-matching and copying scores, capacity curves, induction-head ablation.
+//! - [`artifacts`]: the typed, versioned files of a run folder (importance, aggregate, inflection).
 //! - [`assets`]: the pinned default assets (`headroom fetch`).
 //! - [`checkpoint`]: seeded random checkpoints of real model shapes (HF folders, GGUF), streamed.
-//! - [`io`]: JSONL reading with line numbers, atomic writes.
+//! - [`io`]: JSONL reading with line numbers, atomic writes, sha256.
 //! - [`runs`]: run folders (manifest, hashed units, resume, shards, merge).
 //! - [`prune`]: rankings, cumulative masks, sweeps, FFN oracle, inflection points;
 //!   [`prune::experiment`] runs the paper's whole pruning experiment into a run folder.
+//! - [`ranking`]: the one ascending ranking (NaN rule documented there) and seeded random ranking.
 //! - [`progress`]: the progress-bar style shared by the CLI and long library stages.
 //! - [`tasks`]: the paper's tasks and user TOML tasks, splits, k-shot prompts, importance prompts.
 //! - [`report`]: one self-contained HTML page from a run folder.
@@ -22,6 +24,7 @@
 //!
 //! Every stage is a function over plain data; the binary in `src/main.rs` is a thin CLI.
 
+pub mod artifacts;
 pub mod assets;
 pub mod checkpoint;
 pub mod compare;
@@ -35,6 +38,7 @@ pub mod model;
 pub mod plots;
 pub mod progress;
 pub mod prune;
+pub mod ranking;
 pub mod report;
 pub mod runs;
 pub mod tasks;

@@ -13,7 +13,6 @@
 //! `"N/A"`, as lm-eval writes it. Headroom's `ppl` is lm-eval's `perplexity`.
 
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::eval::{EvalOutput, EvalSummary};
 use crate::tasks::prompt::Prompt;
@@ -68,9 +67,7 @@ fn num_or_na(x: f64) -> Value {
 
 /// `hash_string`: sha256 of the UTF-8 text, lowercase hex.
 fn hash_string(s: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(s.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::io::sha256_hex(s.as_bytes())
 }
 
 /// lm-eval's `date_id`: local ISO time with `:` replaced by `-` (here UTC, microseconds),

@@ -163,33 +163,54 @@ fn unit_files(dir: &Path) -> Vec<(String, usize, PathBuf)> {
     v
 }
 
-/// A tiny CSV reader (header + rows, RFC 4180 quotes).
-fn read_csv(path: &Path) -> Result<Vec<BTreeMap<String, String>>> {
-    let t = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut lines = t.lines().filter(|l| !l.trim().is_empty());
-    let Some(h) = lines.next() else { return Ok(vec![]) };
-    let head = split_csv(h);
-    Ok(lines.map(|l| head.iter().cloned().zip(split_csv(l)).collect()).collect())
+/// The aggregate importance the report draws for shot count `k`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportanceAggregate {
+    pub tasks: Vec<String>,
+    /// `[layers][heads]`; empty when the tasks' matrices disagree in shape.
+    pub heads: Vec<Vec<f64>>,
+    pub ffns: Vec<f64>,
 }
 
-fn split_csv(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut q = false;
-    let mut it = line.chars().peekable();
-    while let Some(c) = it.next() {
-        match (c, q) {
-            ('"', true) if it.peek() == Some(&'"') => {
-                cur.push('"');
-                it.next();
-            }
-            ('"', _) => q = !q,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            (c, _) => cur.push(c),
-        }
+/// The aggregate importance at `k` shots: the sweeps' `rankings/aggregate.<k>shot.json` when the
+/// run has one (so the report shows exactly what the `aggregate` ranking sorted); otherwise the
+/// element-wise mean over the importance files at `k` shots of the tasks the manifest does not
+/// mark OOD (the same rule). `imps` are the run's importance files as (task, shots, JSON).
+pub fn aggregate_importance(run: &Path, k: usize, imps: &[(String, usize, Value)]) -> Result<Option<ImportanceAggregate>> {
+    let p = crate::prune::experiment::aggregate_path(run, k);
+    if p.exists() {
+        let a = crate::artifacts::AggregateFile::read(&p)?;
+        return Ok(Some(ImportanceAggregate { tasks: a.tasks, heads: a.heads, ffns: a.ffns }));
     }
-    out.push(cur);
-    out
+    let ood: Vec<String> = std::fs::read_to_string(run.join("manifest.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|m| serde_json::from_value(m.pointer("/options/ood_tasks")?.clone()).ok())
+        .unwrap_or_default();
+    let members: Vec<&(String, usize, Value)> = imps.iter().filter(|(t, kk, _)| *kk == k && !ood.contains(t)).collect();
+    if members.is_empty() {
+        return Ok(None);
+    }
+    let n = members.len() as f64;
+    let hs: Vec<Vec<Vec<f64>>> = members.iter().filter_map(|(_, _, v)| matrix(v.get("heads"))).collect();
+    let fs: Vec<Vec<f64>> = members.iter().filter_map(|(_, _, v)| vector(v.get("ffns"))).collect();
+    let heads = if hs.len() == members.len() && !hs[0].is_empty() && hs.iter().all(|m| m.len() == hs[0].len() && m.iter().all(|r| r.len() == hs[0][0].len())) {
+        // Each term divided, then added in task order: prune's arithmetic, to the last bit.
+        (0..hs[0].len()).map(|l| (0..hs[0][0].len()).map(|h| hs.iter().fold(0.0, |a, m| a + m[l][h] / n)).collect()).collect()
+    } else {
+        vec![]
+    };
+    let ffns = if fs.len() == members.len() && fs.iter().all(|v| v.len() == fs[0].len()) {
+        (0..fs[0].len()).map(|l| fs.iter().fold(0.0, |a, v| a + v[l] / n)).collect()
+    } else {
+        vec![]
+    };
+    Ok(Some(ImportanceAggregate { tasks: members.iter().map(|(t, _, _)| t.clone()).collect(), heads, ffns }))
+}
+
+/// A CSV (header + rows) as one column -> cell map per row, through the csv crate.
+fn read_csv(path: &Path) -> Result<Vec<BTreeMap<String, String>>> {
+    crate::io::read_csv(path)
 }
 
 fn f(row: &BTreeMap<String, String>, k: &str) -> f64 {
@@ -438,7 +459,7 @@ impl Builder {
             return;
         }
         let model = self.model.clone();
-        let mut heads_html = String::from("<p>Gradient importance of each attention head (spec 3.1); higher = more important. The aggregate is the mean of the raw matrices over tasks at each shot count.</p>\n<div class=\"grid\">");
+        let mut heads_html = String::from("<p>Gradient importance of each attention head (spec 3.1); higher = more important. The aggregate is the mean of the in-distribution tasks' matrices at each shot count (OOD tasks left out), the matrix the aggregate ranking sorts.</p>\n<div class=\"grid\">");
         let mut ffn_html = String::from("<div class=\"grid\">");
         let mut by_shot: BTreeMap<usize, Vec<Vec<Vec<f64>>>> = BTreeMap::new();
         let mut ffn_by_shot: BTreeMap<usize, Vec<Vec<f64>>> = BTreeMap::new();
@@ -454,23 +475,27 @@ impl Builder {
                 ffn_by_shot.entry(*k).or_default().push(ff);
             }
         }
-        for (k, ms) in &by_shot {
-            if ms.len() < 2 || ms.iter().any(|m| m.len() != ms[0].len() || m[0].len() != ms[0][0].len()) {
-                continue;
+        let shots: Vec<usize> = by_shot.keys().chain(ffn_by_shot.keys()).copied().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        for k in shots {
+            // The sweeps' own aggregate (in-distribution tasks only), so the figure shows the
+            // matrix the `aggregate` ranking sorted; a single task's aggregate is its own figure.
+            let agg = match aggregate_importance(&self.run, k, imps) {
+                Ok(Some(a)) if a.tasks.len() >= 2 => a,
+                Ok(_) => continue,
+                Err(e) => {
+                    let _ = write!(heads_html, "<p class=\"warn\">{}</p>", escape(&format!("{e:#}")));
+                    continue;
+                }
+            };
+            let n = agg.tasks.len();
+            if !agg.heads.is_empty() {
+                let title = plots::title(&format!("Head importance, mean of {n} tasks"), &model, "", Some(k));
+                heads_html.push_str(&self.figure(&Heatmap::heads(&title, &agg.heads, "mean importance"), &format!("heads-aggregate-{k}shot"), &title));
             }
-            let mean: Vec<Vec<f64>> = (0..ms[0].len())
-                .map(|l| (0..ms[0][0].len()).map(|h| ms.iter().map(|m| m[l][h]).sum::<f64>() / ms.len() as f64).collect())
-                .collect();
-            let title = plots::title(&format!("Head importance, mean of {} tasks", ms.len()), &model, "", Some(*k));
-            heads_html.push_str(&self.figure(&Heatmap::heads(&title, &mean, "mean importance"), &format!("heads-aggregate-{k}shot"), &title));
-        }
-        for (k, vs) in &ffn_by_shot {
-            if vs.len() < 2 || vs.iter().any(|v| v.len() != vs[0].len()) {
-                continue;
+            if !agg.ffns.is_empty() {
+                let title = plots::title(&format!("FFN importance, mean of {n} tasks"), &model, "", Some(k));
+                ffn_html.push_str(&self.figure(&BarPlot::ffns(&title, &agg.ffns, "mean importance"), &format!("ffns-aggregate-{k}shot"), &title));
             }
-            let mean: Vec<f64> = (0..vs[0].len()).map(|l| vs.iter().map(|v| v[l]).sum::<f64>() / vs.len() as f64).collect();
-            let title = plots::title(&format!("FFN importance, mean of {} tasks", vs.len()), &model, "", Some(*k));
-            ffn_html.push_str(&self.figure(&BarPlot::ffns(&title, &mean, "mean importance"), &format!("ffns-aggregate-{k}shot"), &title));
         }
         heads_html.push_str("</div>\n");
         ffn_html.push_str("</div>\n");

@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::io::{write_atomic, write_json};
+use crate::io::{sha256_hex, write_atomic, write_json};
 
 /// What identifies a run: two folders can merge only when these agree (`weights` aside).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,17 +86,14 @@ impl ModelId {
         } else {
             vec![path.to_path_buf()]
         };
-        let mut outer = Sha256::new();
+        // Several files: sha256 over the concatenation of their hex digests, in sorted order.
+        let mut digests = String::new();
         for f in &files {
-            outer.update(file_sha256(f, cache)?.as_bytes());
+            digests.push_str(&file_sha256(f, cache)?);
         }
-        let sha256 = if files.len() == 1 { file_sha256(&files[0], cache)? } else { hex(&outer.finalize()) };
+        let sha256 = if files.len() == 1 { file_sha256(&files[0], cache)? } else { sha256_hex(digests.as_bytes()) };
         Ok(Self { path: path.display().to_string(), sha256 })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// sha256 of a file, cached by (canonical path, size, mtime) in `cache/hashes.json`.
@@ -115,10 +111,7 @@ pub fn file_sha256(path: &Path, cache: Option<&Path>) -> Result<String> {
     if let Some(h) = table.get(&key) {
         return Ok(h.clone());
     }
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut f, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
-    let h = hex(&hasher.finalize());
+    let h = crate::io::sha256_file(path)?;
     if let Some(cf) = cache_file {
         table.insert(key, h.clone());
         // A failed cache write only costs a re-hash next time.
@@ -144,7 +137,7 @@ impl UnitKey {
     pub fn hash(&self) -> String {
         let canonical = serde_json::to_string(&serde_json::json!({"kind": self.kind, "inputs": self.inputs}))
             .unwrap_or_default();
-        hex(&Sha256::digest(canonical.as_bytes()))[..16].to_string()
+        sha256_hex(canonical.as_bytes())[..16].to_string()
     }
 }
 

@@ -6,7 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use headroom::importance::ExampleContribution;
+use headroom::artifacts::ImportanceFile;
+use headroom::importance::{AbsMode, ExampleContribution, ImportanceSums, Normalize};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -30,21 +31,43 @@ fn write_run(dir: &Path, base: &[f64], seed: u64, with_contributions: bool) {
         })
         .collect();
     let scores = headroom::compare::scores_from_examples(&ex, headroom::importance::Normalize::Authors).unwrap();
-    let doc = json!({
-        "model": {"source": "/root/.cache/headroom/opt-125m", "n_layers": L, "n_heads": H},
-        "prompts": "prompts.jsonl",
-        "options": {"abs_mode": "per_token", "normalize": "authors", "batch_size": 1, "max_examples": null, "mask": null},
-        "examples": ex.len(),
-        "heads": scores.heads,
-        "ffns": scores.ffns,
-        "sums": {},
-        "tool": "headroom 0.1.0",
-    });
+    let doc = importance_file(&ex, scores.heads, scores.ffns, Normalize::Authors);
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("importance.json"), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    doc.write(&dir.join("importance.json")).unwrap();
     if with_contributions {
         let lines: Vec<String> = ex.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
         std::fs::write(dir.join("contributions.jsonl"), lines.join("\n")).unwrap();
+    }
+}
+
+/// `headroom importance`'s file for these contributions: sums that add them up, `heads` / `ffns`
+/// the scores under `normalize`.
+fn importance_file(ex: &[ExampleContribution], heads: Vec<Vec<f64>>, ffns: Vec<f64>, normalize: Normalize) -> ImportanceFile {
+    let mut sums = ImportanceSums::new(L, H, AbsMode::PerToken);
+    for e in ex {
+        sums.head_abs.iter_mut().zip(&e.head_abs).for_each(|(s, x)| *s += *x as f64);
+        sums.ffn_abs.iter_mut().zip(&e.ffn_abs).for_each(|(s, x)| *s += *x as f64);
+        sums.examples += 1;
+        sums.tokens_minus_one += e.tokens as u64 - 1;
+        sums.label_tokens += e.label_tokens as u64;
+        sums.tokens += e.tokens as u64;
+    }
+    ImportanceFile {
+        schema_version: headroom::artifacts::SCHEMA_VERSION,
+        task: None,
+        shots: None,
+        normalize,
+        abs_mode: AbsMode::PerToken,
+        heads,
+        ffns,
+        examples: sums.examples,
+        mean_loss: 0.0,
+        sums,
+        model: json!({"source": "/root/.cache/headroom/opt-125m", "n_layers": L, "n_heads": H}),
+        pool: None,
+        prompts: Some("prompts.jsonl".into()),
+        options: None,
+        run: None,
     }
 }
 
@@ -131,7 +154,7 @@ fn compare_errors_name_the_problem() {
     assert_eq!(o.status.code(), Some(2));
     // A file of another shape.
     std::fs::create_dir_all(t.path().join("c")).unwrap();
-    std::fs::write(t.path().join("c/importance.json"), r#"{"heads": [[1.0, 2.0]]}"#).unwrap();
+    importance_file(&[], vec![vec![1.0, 2.0]], vec![0.0], Normalize::Authors).write(&t.path().join("c/importance.json")).unwrap();
     let c = t.path().join("c").display().to_string();
     let o = headroom(&["compare", "--scores", &a, &c, "--out", &out]);
     assert_eq!(o.status.code(), Some(2));
@@ -176,4 +199,43 @@ fn importance_per_example_feeds_compare_bootstrap() {
     // The bootstrap's point (recomputed from the per-example rows) is the importance.json one.
     assert!((rho["point"].as_f64().unwrap() - point).abs() < 1e-3, "{rho} vs {point}");
     assert!(rho["lo"].as_f64().unwrap() <= rho["hi"].as_f64().unwrap());
+}
+
+/// Issue 15: prune's importance files keep `normalize` at the top level (version 1) while
+/// `headroom importance` nested it under `options`; compare read only the latter and fell back to
+/// the authors' normalisation on prune's files. Both layouts now give the file's own value, and
+/// inputs under different normalisations are refused for the bootstrap.
+#[test]
+fn compare_honours_the_normalisation_of_prune_files() {
+    let t = tempfile::tempdir().unwrap();
+    let base: Vec<f64> = (0..L * H).map(|i| 1.0 + ((i * 3) % 5) as f64).collect();
+    let mut paths = Vec::new();
+    for (i, task) in ["copa", "piqa"].iter().enumerate() {
+        let dir = t.path().join(task).join("importance");
+        write_run(&dir, &base, 20 + i as u64, true);
+        // Rewrite as prune's version-1 file: task/shots, `normalize` at the top level, no version.
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("importance.json")).unwrap()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("schema_version");
+        o.insert("normalize".into(), json!("tokens"));
+        o.insert("task".into(), json!(task));
+        o.insert("shots".into(), json!(0));
+        let file = dir.join(format!("{task}.0shot.json"));
+        std::fs::write(&file, serde_json::to_string(&v).unwrap()).unwrap();
+        std::fs::remove_file(dir.join("importance.json")).unwrap();
+        paths.push(file.display().to_string());
+    }
+    let out = t.path().join("out").display().to_string();
+    let o = headroom(&["compare", "--scores", &paths[0], &paths[1], "--bootstrap", "4", "--out", &out]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(t.path().join("out/compare.json")).unwrap()).unwrap();
+    assert_eq!(v["bootstrap"]["normalize"], "tokens", "{v}");
+    assert_eq!(v["correlation"]["labels"], json!(["copa@0", "piqa@0"]));
+    // One input under another normalisation: refused, not silently mixed.
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&paths[1]).unwrap()).unwrap();
+    v["normalize"] = json!("authors");
+    std::fs::write(&paths[1], serde_json::to_string(&v).unwrap()).unwrap();
+    let o = headroom(&["compare", "--scores", &paths[0], &paths[1], "--bootstrap", "4", "--out", &out]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("one normalisation"), "{}", String::from_utf8_lossy(&o.stderr));
 }

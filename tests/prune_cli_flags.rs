@@ -47,6 +47,21 @@ fn ood_and_recompute_on_the_default_model() {
     assert_eq!(manifest["options"]["tasks"], serde_json::json!(["copa"]));
     let agg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("rankings/aggregate.0shot.json")).unwrap()).unwrap();
     assert_eq!(agg["tasks"], serde_json::json!(["copa"]));
+    // Issue 15: the report's aggregate is the sweeps' aggregate (OOD tasks left out), read from
+    // the run's file, and the same when the file is absent (computed under the manifest's rule).
+    let imps: Vec<(String, usize, serde_json::Value)> = ["copa", "arc_easy"]
+        .iter()
+        .map(|t| (t.to_string(), 0, serde_json::from_str(&std::fs::read_to_string(run.join(format!("importance/{t}.0shot.json"))).unwrap()).unwrap()))
+        .collect();
+    let sweeps_heads: Vec<Vec<f64>> = serde_json::from_value(agg["heads"].clone()).unwrap();
+    let sweeps_ffns: Vec<f64> = serde_json::from_value(agg["ffns"].clone()).unwrap();
+    let from_file = headroom::report::aggregate_importance(&run, 0, &imps).unwrap().unwrap();
+    assert_eq!((from_file.tasks.clone(), &from_file.heads, &from_file.ffns), (vec!["copa".to_string()], &sweeps_heads, &sweeps_ffns));
+    let copy = dir.path().join("no-aggregate");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(run.join("manifest.json"), copy.join("manifest.json")).unwrap();
+    let computed = headroom::report::aggregate_importance(&copy, 0, &imps).unwrap().unwrap();
+    assert_eq!(computed, from_file);
     let csv = std::fs::read_to_string(run.join("sweeps/heads.csv")).unwrap();
     for label in ["arc_easy,0,aggregate,60", "arc_easy,0,own,60", "arc_easy,0,recompute,60", "copa,0,recompute,30"] {
         assert!(csv.contains(label), "{label} missing:\n{csv}");

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
+use headroom::artifacts::ImportanceFile;
 use headroom::compare::{self, BootstrapOptions, Method, ScoreSet, ShotScores};
 use headroom::importance::{ExampleContribution, Normalize};
 use headroom::io::{read_jsonl, write_atomic, write_json};
@@ -66,30 +67,23 @@ struct Input {
 
 fn load(path: &Path, label: Option<&String>) -> Result<Input> {
     let file = if path.is_dir() { path.join("importance.json") } else { path.to_path_buf() };
-    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
-    let heads: Vec<Vec<f64>> = serde_json::from_value(v.get("heads").cloned().unwrap_or(Value::Null))
-        .with_context(|| format!("{}: no `heads` matrix ([layers][heads] numbers)", file.display()))?;
-    ensure!(!heads.is_empty() && !heads[0].is_empty(), "{}: empty `heads`", file.display());
+    // Through the typed file: its `normalize` is where prune and `headroom importance` both keep
+    // it, and an old file without one is refused rather than read as the authors' normalisation.
+    let imp = ImportanceFile::read(&file)?;
+    let heads = &imp.heads;
     let n_heads = heads[0].len();
-    ensure!(heads.iter().all(|r| r.len() == n_heads), "{}: `heads` rows differ in length", file.display());
-    let scores = compare::flatten(&heads);
+    let scores = compare::flatten(heads);
     ensure!(scores.iter().all(|x| x.is_finite()), "{}: `heads` has non-finite values", file.display());
-    let model = v
-        .pointer("/model/source")
+    let model = imp
+        .model
+        .get("source")
         .and_then(Value::as_str)
         .map(|s| Path::new(s.trim_end_matches('/')).file_name().map_or(s.to_string(), |n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
-    // `headroom importance` writes the options under `options`; `prune`'s importance units carry
-    // `normalize` at the top level. Both are read: a silent fallback would compare the wrong scores.
-    let normalize = match v.pointer("/options/normalize").or_else(|| v.get("normalize")) {
-        None => Normalize::Authors,
-        Some(n) => serde_json::from_value(n.clone())
-            .with_context(|| format!("{}: unknown `normalize` value {n}", file.display()))?,
-    };
+    let normalize = imp.normalize;
     let label = match label {
         Some(l) => l.clone(),
-        None => default_label(&v, &file),
+        None => default_label(&imp, &file),
     };
     Ok(Input { label, path: file, scores, n_layers: heads.len(), n_heads, model, normalize })
 }
@@ -97,8 +91,8 @@ fn load(path: &Path, label: Option<&String>) -> Result<Input> {
 /// A score file's label when `--labels` is not given: `TASK@K` from the file's own `task` and
 /// `shots` fields (prune's `importance/T.Kshot.json`), else from a `T.Kshot.json` file name, else the
 /// folder of an `importance.json` (`headroom importance --out DIR`), else the file name.
-fn default_label(v: &Value, file: &Path) -> String {
-    if let (Some(t), Some(k)) = (v.get("task").and_then(Value::as_str), v.get("shots").and_then(Value::as_u64)) {
+fn default_label(imp: &ImportanceFile, file: &Path) -> String {
+    if let (Some(t), Some(k)) = (&imp.task, imp.shots) {
         return format!("{t}@{k}");
     }
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -153,14 +147,6 @@ fn num(v: f64) -> String {
     }
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 pub fn run(args: CompareArgs) -> Result<()> {
     ensure!(args.scores.len() >= 2, "give at least two --scores files to compare");
     ensure!(
@@ -207,7 +193,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let mut boot_json = Value::Null;
     if let Some(resamples) = args.bootstrap {
         let contribs: Vec<Vec<ExampleContribution>> = inputs.iter().map(load_contributions).collect::<Result<_>>()?;
+        // The resampled scores are recomputed from the contributions under one normalisation:
+        // inputs under different ones would compare unlike scores.
         let normalize = inputs[0].normalize;
+        if let Some(other) = inputs.iter().find(|i| i.normalize != normalize) {
+            bail!("--bootstrap needs inputs under one normalisation: {} is {normalize:?}, {} is {:?}", inputs[0].label, other.label, other.normalize);
+        }
         let opts = BootstrapOptions { resamples, seed: args.seed, level: args.level, normalize };
         // Each input is resampled once (its own stream); every pair uses replicate b of both.
         let reps: Vec<compare::Replicates> =
@@ -224,12 +215,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
         let mut rank_files = Vec::new();
         for ((input, ex), rep) in inputs.iter().zip(&contribs).zip(&reps) {
             let r = compare::rank_intervals(rep, args.level);
-            let mut csv = String::from("layer,head,rank,rank_lo,rank_hi\n");
-            for f in 0..r.point.len() {
-                csv.push_str(&format!("{},{},{},{},{}\n", f / r.n_heads, f % r.n_heads, r.point[f], num(r.lo[f]), num(r.hi[f])));
-            }
+            let csv = headroom::io::csv_bytes(
+                &["layer", "head", "rank", "rank_lo", "rank_hi"],
+                (0..r.point.len()).map(|f| vec![(f / r.n_heads).to_string(), (f % r.n_heads).to_string(), r.point[f].to_string(), num(r.lo[f]), num(r.hi[f])]),
+            )?;
             let name = format!("rank_intervals_{}.csv", input.label.replace(['/', '\\', '@', ' '], "_"));
-            write_atomic(&args.out.join(&name), csv.as_bytes())?;
+            write_atomic(&args.out.join(&name), &csv)?;
             rank_files.push(json!({"label": input.label, "file": name, "examples": ex.len()}));
         }
         boot_json = json!({
@@ -240,59 +231,58 @@ pub fn run(args: CompareArgs) -> Result<()> {
     }
 
     // Tables.
-    let mut csv = String::from("a,b,statistic,rho,p_value,top_fraction,k,n,shared,overlap,expected_overlap,overlap_p_value");
+    let mut header = vec!["a", "b", "statistic", "rho", "p_value", "top_fraction", "k", "n", "shared", "overlap", "expected_overlap", "overlap_p_value"];
     if args.bootstrap.is_some() {
-        csv.push_str(",rho_lo,rho_hi,overlap_lo,overlap_hi");
+        header.extend(["rho_lo", "rho_hi", "overlap_lo", "overlap_hi"]);
     }
-    csv.push('\n');
     let n_in = inputs.len();
     let mut pair_index = 0;
+    let mut records: Vec<Vec<String>> = Vec::new();
     for i in 0..rows.len() {
         for j in i + 1..rows.len() {
-            csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{}",
-                csv_field(&rows[i].label),
-                csv_field(&rows[j].label),
-                method_name(args.method),
+            let mut rec = vec![
+                rows[i].label.clone(),
+                rows[j].label.clone(),
+                method_name(args.method).to_string(),
                 num(corr.rho[i][j]),
                 num(corr.p_value[i][j]),
-                args.top,
-                over.k,
-                over.n,
-                over.shared[i][j],
+                args.top.to_string(),
+                over.k.to_string(),
+                over.n.to_string(),
+                over.shared[i][j].to_string(),
                 num(over.overlap[i][j]),
                 num(over.expected),
-                num(over.p_value[i][j])
-            ));
+                num(over.p_value[i][j]),
+            ];
             if args.bootstrap.is_some() {
                 if i < n_in && j < n_in {
                     let (r, o) = boot_pairs[pair_index];
                     pair_index += 1;
-                    csv.push_str(&format!(",{},{},{},{}", num(r.lo), num(r.hi), num(o.lo), num(o.hi)));
+                    rec.extend([num(r.lo), num(r.hi), num(o.lo), num(o.hi)]);
                 } else {
-                    csv.push_str(",,,,");
+                    // Reference rows (aggregate, random) have no examples to resample.
+                    rec.extend([String::new(), String::new(), String::new(), String::new()]);
                 }
             }
-            csv.push('\n');
+            records.push(rec);
         }
     }
-    write_atomic(&args.out.join("correlations.csv"), csv.as_bytes())?;
+    write_atomic(&args.out.join("correlations.csv"), &headroom::io::csv_bytes(&header, records)?)?;
     if let Some(cs) = &cross {
-        let mut t = String::from("shots_a,shots_b,mean,variance,n_tasks,max_p_value\n");
+        let mut t: Vec<Vec<String>> = Vec::new();
         for a in 0..cs.shots.len() {
             for b in 0..cs.shots.len() {
-                t.push_str(&format!(
-                    "{},{},{},{},{},{}\n",
-                    cs.shots[a],
-                    cs.shots[b],
+                t.push(vec![
+                    cs.shots[a].to_string(),
+                    cs.shots[b].to_string(),
                     num(cs.mean[a][b]),
                     num(cs.variance[a][b]),
-                    cs.n_tasks[a][b],
-                    num(cs.max_p_value[a][b])
-                ));
+                    cs.n_tasks[a][b].to_string(),
+                    num(cs.max_p_value[a][b]),
+                ]);
             }
         }
-        write_atomic(&args.out.join("cross_shot.csv"), t.as_bytes())?;
+        write_atomic(&args.out.join("cross_shot.csv"), &headroom::io::csv_bytes(&["shots_a", "shots_b", "mean", "variance", "n_tasks", "max_p_value"], t)?)?;
     }
     let summary = json!({
         "method": args.method,

@@ -348,16 +348,22 @@ fn short(x: &str) -> String {
 /// rank correlation and the strongest induction heads.
 fn headline(run: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    if let Ok(text) = std::fs::read_to_string(run.join("sweeps/inflection.csv")) {
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split(',').collect();
-            // task,shots,ranking,kind,inflection_pct,tolerance,base_value,base_stderr,base_n
-            if f.len() >= 8 && f[0] == "average" {
-                out.push(format!(
-                    "{} pruning, {} ranking, {}-shot: average accuracy {} ± {} stays within {} of unpruned up to {}% removed",
-                    f[3], f[2], f[1], short(f[6]), short(f[7]), f[5], f[4]
-                ));
-            }
+    let inflection = run.join("sweeps/inflection.csv");
+    if inflection.exists() {
+        // Through the csv crate: a ranking or task label may be quoted (it can hold commas).
+        let rows: Vec<std::collections::BTreeMap<String, String>> = headroom::io::read_csv(&inflection)?;
+        let cell = |r: &std::collections::BTreeMap<String, String>, k: &str| r.get(k).cloned().unwrap_or_default();
+        for r in rows.iter().filter(|r| cell(r, "task") == "average") {
+            out.push(format!(
+                "{} pruning, {} ranking, {}-shot: average accuracy {} ± {} stays within {} of unpruned up to {}% removed",
+                cell(r, "kind"),
+                cell(r, "ranking"),
+                cell(r, "shots"),
+                short(&cell(r, "base_value")),
+                short(&cell(r, "base_stderr")),
+                cell(r, "tolerance"),
+                cell(r, "inflection_pct")
+            ));
         }
     }
     let read = |p: &str| -> Option<serde_json::Value> { serde_json::from_str(&std::fs::read_to_string(run.join(p)).ok()?).ok() };

@@ -4,7 +4,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use headroom::importance::{self, AbsMode, ImportanceOptions, Normalize, Prompt};
-use headroom::io::{read_jsonl, write_atomic, write_json};
+use headroom::io::{read_jsonl, write_atomic};
 use headroom::tokenizer::Tokenizer;
 
 #[derive(Args)]
@@ -73,24 +73,29 @@ pub fn run(args: ImportanceArgs, dev: &super::Runtime) -> Result<()> {
     bar.finish();
     let secs = start.elapsed().as_secs_f64();
     let scores = sums.scores(args.normalize);
-    let summary = serde_json::json!({
-        "model": model.info,
-        "prompts": args.prompts,
-        "options": {
-            "abs_mode": args.abs_mode, "normalize": args.normalize, "batch_size": args.batch_size,
-            "max_examples": args.max_examples, "mask": args.mask,
-        },
-        "examples": sums.examples,
-        "truncated_prompts": truncated,
-        "mean_loss": sums.mean_loss(),
-        "seconds": secs,
-        "tokens_per_second": total_tokens as f64 / secs,
-        "heads": scores.heads,
-        "ffns": scores.ffns,
-        "sums": sums,
-        "tool": concat!("headroom ", env!("CARGO_PKG_VERSION")),
-    });
-    write_json(&args.out.join("importance.json"), &summary)?;
+    headroom::artifacts::ImportanceFile {
+        schema_version: headroom::artifacts::SCHEMA_VERSION,
+        task: None,
+        shots: None,
+        normalize: args.normalize,
+        abs_mode: args.abs_mode,
+        heads: scores.heads.clone(),
+        ffns: scores.ffns.clone(),
+        examples: sums.examples,
+        mean_loss: sums.mean_loss(),
+        model: serde_json::to_value(&model.info)?,
+        pool: None,
+        prompts: Some(args.prompts.display().to_string()),
+        options: Some(serde_json::json!({"batch_size": args.batch_size, "max_examples": args.max_examples, "mask": args.mask})),
+        run: Some(serde_json::json!({
+            "truncated_prompts": truncated,
+            "seconds": secs,
+            "tokens_per_second": total_tokens as f64 / secs,
+            "tool": concat!("headroom ", env!("CARGO_PKG_VERSION")),
+        })),
+        sums: sums.clone(),
+    }
+    .write(&args.out.join("importance.json"))?;
     write_atomic(&args.out.join("heads.csv"), importance::heads_csv(&scores, &sums).as_bytes())?;
     write_atomic(&args.out.join("ffns.csv"), importance::ffns_csv(&scores, &sums).as_bytes())?;
     if let Some(ex) = per_example {

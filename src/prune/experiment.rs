@@ -32,6 +32,7 @@ use super::{EvalPoint, RankingSource, SweepRow, SweepUnit};
 use crate::compare::spearman;
 use crate::eval::{evaluate_prepared, prepare, selected_docs, Encoded, EvalConfig, EvalOutput, ScoreOptions};
 use crate::importance::{self, AbsMode, ImportanceOptions, ImportanceSums, Normalize};
+use crate::artifacts::InflectionRow;
 use crate::io::write_json;
 use crate::model::{Mask, Model};
 use crate::progress::bar;
@@ -214,12 +215,24 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
         outcome.importance.computed += computed;
         outcome.importance.reused += 1 - computed;
         let scores = sums.scores(Normalize::Authors);
-        write_json(
-            &folder.root.join("importance").join(format!("{}.{k}shot.json", task.name)),
-            &serde_json::json!({"task": task.name, "shots": k, "heads": scores.heads, "ffns": scores.ffns, "sums": sums,
-                "mean_loss": sums.mean_loss(), "examples": sums.examples, "normalize": "authors", "abs_mode": "per_token",
-                "pool": task.split.pool_source, "model": model.info}),
-        )?;
+        crate::artifacts::ImportanceFile {
+            schema_version: crate::artifacts::SCHEMA_VERSION,
+            task: Some(task.name.clone()),
+            shots: Some(k),
+            normalize: scores.normalize,
+            abs_mode: sums.abs_mode,
+            heads: scores.heads,
+            ffns: scores.ffns,
+            examples: sums.examples,
+            mean_loss: sums.mean_loss(),
+            pool: Some(serde_json::to_value(&task.split.pool_source)?),
+            model: serde_json::to_value(&model.info)?,
+            sums,
+            prompts: None,
+            options: None,
+            run: None,
+        }
+        .write(&folder.root.join("importance").join(format!("{}.{k}shot.json", task.name)))?;
     }
     let mut imp: HashMap<(String, usize), ImportanceSums> = HashMap::new();
     for &(t, k) in &pairs {
@@ -239,12 +252,16 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
     if !in_dist.is_empty() {
         for &k in &cfg.shots {
             let (heads, ffns) = ranks.aggregate(k)?;
-            write_json(
-                &folder.root.join("rankings").join(format!("aggregate.{k}shot.json")),
-                &serde_json::json!({"shots": k, "tasks": in_dist.iter().map(|t| &t.name).collect::<Vec<_>>(),
-                    "heads": heads.chunks(h_n).collect::<Vec<_>>(), "ffns": ffns, "normalize": "authors",
-                    "note": "element-wise mean of the in-distribution tasks' importance matrices (OOD tasks left out)"}),
-            )?;
+            crate::artifacts::AggregateFile {
+                schema_version: crate::artifacts::SCHEMA_VERSION,
+                shots: k,
+                tasks: in_dist.iter().map(|t| t.name.clone()).collect(),
+                heads: heads.chunks(h_n).map(<[f64]>::to_vec).collect(),
+                ffns,
+                normalize: Normalize::Authors,
+                note: "element-wise mean of the in-distribution tasks' importance matrices (OOD tasks left out)".into(),
+            }
+            .write(&aggregate_path(&folder.root, k))?;
         }
     }
     let mut evaluator = Evaluator { model, tok, tasks, cfg, folder, prepared: HashMap::new() };
@@ -643,6 +660,12 @@ impl Evaluator<'_> {
     }
 }
 
+/// Where a run folder keeps the aggregate importance of shot count `k` (the matrix the
+/// `aggregate` ranking sorts; the report reads it rather than averaging on its own).
+pub fn aggregate_path(run: &std::path::Path, k: usize) -> std::path::PathBuf {
+    run.join("rankings").join(format!("aggregate.{k}shot.json"))
+}
+
 /// The tidy CSVs, inflection points (per task and for the average over tasks), and the list of
 /// deviations from the paper's setup. Returns the average inflection points, one line each.
 fn write_outputs(folder: &RunFolder, rows: &[SweepRow], cfg: &PruneConfig) -> Result<Vec<String>> {
@@ -681,15 +704,15 @@ fn write_outputs(folder: &RunFolder, rows: &[SweepRow], cfg: &PruneConfig) -> Re
     with_base(&mut heads);
     with_base(&mut ffns);
     with_base(&mut combined);
-    folder.write("sweeps/heads.csv", super::tidy_csv(&heads).as_bytes())?;
-    folder.write("sweeps/ffns.csv", super::tidy_csv(&ffns).as_bytes())?;
+    folder.write("sweeps/heads.csv", &super::tidy_csv(&heads)?)?;
+    folder.write("sweeps/ffns.csv", &super::tidy_csv(&ffns)?)?;
     if !combined.is_empty() {
-        folder.write("sweeps/combined.csv", super::tidy_csv(&combined).as_bytes())?;
+        folder.write("sweeps/combined.csv", &super::tidy_csv(&combined)?)?;
     }
     // Inflection points: per curve, and for the average over tasks of each (shots, ranking).
     // base_stderr and base_n: the unpruned point's standard error and size, so a reader can
     // tell whether the drop that ends a curve is larger than the noise.
-    let mut infl = String::from("task,shots,ranking,kind,inflection_pct,tolerance,base_value,base_stderr,base_n\n");
+    let mut infl: Vec<InflectionRow> = Vec::new();
     let mut summary = Vec::new();
     for (kind, set) in [("heads", &heads), ("ffns", &ffns)] {
         let mut curves: Vec<(String, usize, String)> = set.iter().map(|r| (r.unit.task.clone(), r.unit.shots, r.unit.ranking.clone())).collect();
@@ -711,7 +734,7 @@ fn write_outputs(folder: &RunFolder, rows: &[SweepRow], cfg: &PruneConfig) -> Re
             }
             if let Some(ip) = super::inflection(&pts, cfg.tolerance) {
                 let (b, se, n) = base_point.map_or((f64::NAN, f64::NAN, 0), |p| (p.value, p.stderr, p.n));
-                infl.push_str(&format!("{task},{k},{ranking},{kind},{ip},{},{b:.6},{se:.6},{n}\n", cfg.tolerance));
+                infl.push(InflectionRow { task: task.clone(), shots: *k, ranking: ranking.clone(), kind: kind.into(), inflection_pct: ip, tolerance: cfg.tolerance, base_value: b, base_stderr: Some(se), base_n: Some(n) });
             }
         }
         let mut avg_keys: Vec<&(usize, String)> = by_avg.keys().collect();
@@ -735,12 +758,12 @@ fn write_outputs(folder: &RunFolder, rows: &[SweepRow], cfg: &PruneConfig) -> Re
                 let bases = avg_bases.get(key).map_or(&[][..], |v| v.as_slice());
                 let se = bases.iter().map(|p| p.stderr * p.stderr).sum::<f64>().sqrt() / bases.len().max(1) as f64;
                 let n: usize = bases.iter().map(|p| p.n).sum();
-                infl.push_str(&format!("average,{},{},{kind},{ip},{},{b:.6},{se:.6},{n}\n", key.0, key.1, cfg.tolerance));
+                infl.push(InflectionRow { task: "average".into(), shots: key.0, ranking: key.1.clone(), kind: kind.into(), inflection_pct: ip, tolerance: cfg.tolerance, base_value: b, base_stderr: Some(se), base_n: Some(n) });
                 summary.push(format!("{kind} ({} ranking, {}-shot): average inflection at {ip}% (base {b:.3})", key.1, key.0));
             }
         }
     }
-    folder.write("sweeps/inflection.csv", infl.as_bytes())?;
+    folder.write("sweeps/inflection.csv", &InflectionRow::csv(&infl)?)?;
     let mut deviations = vec![
         "Demonstrations are sampled with headroom's seeded generator, not Python's random module seeded 1234: the specific demos differ from the authors'.".to_string(),
     ];

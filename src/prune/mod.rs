@@ -17,10 +17,7 @@
 pub mod experiment;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::model::Mask;
 use crate::runs::{RunFolder, Shard, UnitKey};
@@ -30,19 +27,7 @@ pub fn flatten(m: &[Vec<f64>]) -> Vec<f64> {
     m.iter().flatten().copied().collect()
 }
 
-/// Indices sorted by ascending value, ties kept in index order (stable).
-pub fn ascending_ranking(values: &[f64]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
-    idx.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
-    idx
-}
-
-/// A seeded random permutation of 0..n (a control ranking).
-pub fn random_ranking(n: usize, seed: u64) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-    idx
-}
+pub use crate::ranking::{ascending_ranking, random_ranking};
 
 /// How many of n entries level p% removes: floor(p * n / 100) (the authors' `int(p)*len//100`).
 pub fn n_pruned(percent: u32, n: usize) -> usize {
@@ -206,7 +191,8 @@ pub struct SweepRow {
 /// sha256 of a mask's gates (part of a unit's key: a changed ranking changes the result).
 pub fn mask_hash(m: &Mask) -> String {
     let bytes: Vec<u8> = m.heads.iter().flatten().chain(m.ffns.iter()).flat_map(|g| g.to_le_bytes()).collect();
-    Sha256::digest(&bytes).iter().take(8).map(|b| format!("{b:02x}")).collect()
+    // The first 8 bytes (16 hex digits) of the digest: enough to tell masks apart.
+    crate::io::sha256_hex(&bytes)[..16].to_string()
 }
 
 /// The key of a unit's evaluation: the unit and the hash of its mask.
@@ -263,33 +249,29 @@ pub fn run_sweep(
     Ok(out)
 }
 
-/// Tidy CSV: task, shots, ranking, heads_pct, ffns_pct, metric, value, n, stderr.
-pub fn tidy_csv(rows: &[SweepRow]) -> String {
-    let mut s = String::from("task,shots,ranking,heads_pct,ffns_pct,metric,value,n,stderr\n");
-    for r in rows {
-        let u = &r.unit;
-        s.push_str(&format!(
-            "{},{},{},{},{},{},{:.6},{},{:.6}\n",
-            csv_field(&u.task),
-            u.shots,
-            csv_field(&u.ranking),
-            u.heads_pct,
-            u.ffns_pct,
-            r.point.metric,
-            r.point.value,
-            r.point.n,
-            r.point.stderr
-        ));
-    }
-    s
-}
+/// The columns of the tidy sweep CSVs (`sweeps/{heads,ffns,combined}.csv`).
+pub const TIDY_CSV_HEADER: [&str; 9] = ["task", "shots", "ranking", "heads_pct", "ffns_pct", "metric", "value", "n", "stderr"];
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+/// Tidy CSV: task, shots, ranking, heads_pct, ffns_pct, metric, value, n, stderr (values and
+/// stderrs to 6 decimals), through the csv crate.
+pub fn tidy_csv(rows: &[SweepRow]) -> Result<Vec<u8>> {
+    crate::io::csv_bytes(
+        &TIDY_CSV_HEADER,
+        rows.iter().map(|r| {
+            let u = &r.unit;
+            vec![
+                u.task.clone(),
+                u.shots.to_string(),
+                u.ranking.clone(),
+                u.heads_pct.to_string(),
+                u.ffns_pct.to_string(),
+                r.point.metric.to_string(),
+                format!("{:.6}", r.point.value),
+                r.point.n.to_string(),
+                format!("{:.6}", r.point.stderr),
+            ]
+        }),
+    )
 }
 
 /// The inflection point of a curve: the largest pruned fraction up to which every level stays
