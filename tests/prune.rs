@@ -127,6 +127,7 @@ fn run(dir: &std::path::Path, shard: Shard, calls: &mut usize, fail_after: Optio
         &folder,
         &us,
         shard,
+        &|_| serde_json::json!({"limit": null}),
         &mut mask_for,
         &mut |u, m| {
             if fail_after == Some(n) {

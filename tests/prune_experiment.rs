@@ -106,16 +106,20 @@ fn recompute_masks_start_at_the_fixed_ranking_nest_and_remove_exactly_k() {
     assert!(first.tables_written, "{first:?}");
     // 2 tasks x 2 shot counts chains; levels 50 and 75 are re-scorings (25 is the full model's).
     assert_eq!(first.recompute_scoring, Some(Counts { computed: 8, reused: 0 }));
-    assert_eq!(first.recompute_evals, Some(Counts { computed: 12, reused: 0 }));
     let heads_csv = csv(&d.path().join("sweeps/heads.csv"));
     let folder = open(d.path(), &cfg);
     // Re-scoring changes some later mask (else this test could not tell recompute from fixed).
     let mut differs_from_fixed = false;
+    // Recompute levels whose mask a fixed ranking (own or aggregate) already reached: their
+    // evaluation units are keyed by the mask, not the label, so the sweep's result is reused.
+    let mut same_as_a_sweep_mask = 0;
     for task in ["sentiment", "sentiment_ood"] {
         for k in [0, 1] {
             let imp = read_json(&d.path().join(format!("importance/{task}.{k}shot.json")));
             let scores: Vec<Vec<f64>> = serde_json::from_value(imp["heads"].clone()).unwrap();
             let fixed = head_mask(&ascending_ranking(&flatten(&scores)), L, H, 25).unwrap();
+            let agg = read_json(&d.path().join(format!("rankings/aggregate.{k}shot.json")));
+            let agg_scores: Vec<Vec<f64>> = serde_json::from_value(agg["heads"].clone()).unwrap();
             let mut prev: Vec<usize> = vec![];
             for p in [25u32, 50, 75] {
                 let m = mask_file(d.path(), task, k, p);
@@ -124,6 +128,8 @@ fn recompute_masks_start_at_the_fixed_ranking_nest_and_remove_exactly_k() {
                 assert_eq!(now.len(), p as usize * L * H / 100, "{task} {k}-shot {p}%: exactly k heads");
                 assert!(prev.iter().all(|i| now.contains(i)), "{task} {k}-shot {p}%: {now:?} keeps a head removed before ({prev:?})");
                 assert_eq!(m.ffns_removed(), 0);
+                let sweep_masks = [&scores, &agg_scores].map(|sc| head_mask(&ascending_ranking(&flatten(sc)), L, H, p).unwrap());
+                same_as_a_sweep_mask += usize::from(sweep_masks.contains(&m));
                 if p == 25 {
                     assert_eq!(m, fixed, "{task} {k}-shot: the first level is the fixed ranking's mask");
                 } else {
@@ -148,6 +154,9 @@ fn recompute_masks_start_at_the_fixed_ranking_nest_and_remove_exactly_k() {
         }
     }
     assert!(differs_from_fixed, "no recompute mask differs from the fixed ranking's");
+    // Every 25% level at least (4 chains) is a sweep mask.
+    assert!(same_as_a_sweep_mask >= 4, "{same_as_a_sweep_mask}");
+    assert_eq!(first.recompute_evals, Some(Counts { computed: 12 - same_as_a_sweep_mask, reused: same_as_a_sweep_mask }));
     // A rerun reuses everything.
     let again = run(d.path(), &cfg, Shard::ALL);
     assert_eq!(again.importance.computed, 0);
@@ -291,4 +300,91 @@ fn baselines_and_inflection_stderr_are_written_and_survive_a_resume() {
     assert_eq!(resumed.baselines, Some(Counts { computed: 4, reused: 0 }));
     check(d.path());
     assert_eq!(run(d.path(), &cfg, Shard::ALL).baselines, Some(Counts { computed: 0, reused: 4 }));
+}
+
+/// Issue 15: evaluation units are keyed by what determines the result. With one
+/// in-distribution task, `own` and `aggregate` give that task the same masks: each distinct mask
+/// is evaluated once (the units are counted), and the OOD task's differ.
+#[test]
+fn a_mask_reached_under_two_rankings_is_evaluated_once() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = PruneConfig { recompute: false, ..config() };
+    let first = run(d.path(), &cfg, Shard::ALL);
+    assert!(first.tables_written, "{first:?}");
+    let units = experiment::sweep_units(&tasks(), &cfg);
+    // The distinct (task, shots, mask) triples, built from the run's own score files.
+    let mut distinct: Vec<(String, usize, Mask)> = Vec::new();
+    for task in ["sentiment", "sentiment_ood"] {
+        for k in [0usize, 1] {
+            let own: Vec<Vec<f64>> = serde_json::from_value(read_json(&d.path().join(format!("importance/{task}.{k}shot.json")))["heads"].clone()).unwrap();
+            let agg: Vec<Vec<f64>> = serde_json::from_value(read_json(&d.path().join(format!("rankings/aggregate.{k}shot.json")))["heads"].clone()).unwrap();
+            for sc in [&own, &agg] {
+                for &p in &cfg.heads {
+                    let m = head_mask(&ascending_ranking(&flatten(sc)), L, H, p).unwrap();
+                    if !distinct.contains(&(task.to_string(), k, m.clone())) {
+                        distinct.push((task.to_string(), k, m));
+                    }
+                }
+            }
+        }
+    }
+    let sweeps = first.sweeps.unwrap();
+    assert_eq!(sweeps.computed, distinct.len(), "{sweeps:?}");
+    assert_eq!(sweeps.computed + sweeps.reused, units.len());
+    // At least sentiment's own and aggregate coincide (25/50/75%, both shot counts).
+    assert!(sweeps.reused >= 6, "{sweeps:?}");
+    let stored = std::fs::read_dir(d.path().join("units/eval")).unwrap().count();
+    assert_eq!(stored, distinct.len());
+    // Both labels still get their rows, with the same value.
+    let rows = csv(&d.path().join("sweeps/heads.csv"));
+    let value = |r: &str| rows.iter().find(|x| x["task"] == "sentiment" && x["shots"] == "1" && x["ranking"] == r && x["heads_pct"] == "50").unwrap()["value"].clone();
+    assert_eq!(value("own"), value("aggregate"));
+}
+
+/// Issue 15: a folder's evaluation units are never reused under other evaluation options.
+/// `--limit` is in the manifest, so `headroom prune` refuses the folder outright; and even a
+/// folder whose manifest does not say (copied or merged by hand) keys its units by the limit.
+#[test]
+fn another_limit_never_reuses_units() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = PruneConfig { recompute: false, limit: Some(2), ..config() };
+    let first = run(d.path(), &cfg, Shard::ALL);
+    assert!(first.sweeps.unwrap().computed > 0);
+    let other = PruneConfig { limit: Some(3), ..cfg.clone() };
+    let manifest = Manifest {
+        tool: "headroom test".into(),
+        model: ModelId { path: "tiny_llama.gguf".into(), sha256: "00".into() },
+        data: vec![],
+        options: other.manifest_options(&["sentiment".to_string()]),
+        compute_dtype: "f32".into(),
+        weights: None,
+    };
+    let refused = RunFolder::open(d.path(), manifest).err().expect("a folder of another --limit is refused");
+    assert!(refused.to_string().contains("limit"), "{refused}");
+    // The first run's manifest, the other limit: nothing is reused.
+    let (m, tok) = tiny();
+    let second = experiment::run(&m, &tok, &tasks(), &other, &open(d.path(), &cfg), Shard::ALL).unwrap();
+    let s = second.sweeps.unwrap();
+    assert_eq!((s.computed, s.reused), (first.sweeps.unwrap().computed, first.sweeps.unwrap().reused), "{s:?}");
+    // The same limit again: everything is.
+    let third = experiment::run(&m, &tok, &tasks(), &other, &open(d.path(), &cfg), Shard::ALL).unwrap();
+    assert_eq!(third.sweeps.unwrap().computed, 0);
+}
+
+/// Evaluation units of the layout before issue 15 (keyed by the ranking label) are refused
+/// with a message that says what to do, not silently recomputed or misread.
+#[test]
+fn old_eval_units_are_refused_with_a_message() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = PruneConfig { recompute: false, ..config() };
+    let dir = d.path().join("units/eval");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("0123456789abcdef.json"),
+        r#"{"key": {"kind": "eval", "inputs": {"unit": {"task": "sentiment", "shots": 0, "ranking": "own", "heads_pct": 25, "ffns_pct": 0}, "mask": "00"}}, "result": {"metric": "acc", "value": 0.5, "n": 3, "stderr": 0.1}}"#,
+    )
+    .unwrap();
+    let (m, tok) = tiny();
+    let e = experiment::run(&m, &tok, &tasks(), &cfg, &open(d.path(), &cfg), Shard::ALL).unwrap_err().to_string();
+    assert!(e.contains("older headroom") && e.contains("new --out folder"), "{e}");
 }

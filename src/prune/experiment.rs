@@ -199,8 +199,10 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
     if let Some(o) = cfg.ood_tasks.iter().find(|o| !tasks.iter().any(|t| &t.name == *o)) {
         bail!("OOD task {o} is not one of the run's tasks");
     }
+    super::check_eval_unit_layout(folder)?;
     let mut outcome = PruneOutcome::default();
     let (l_n, h_n) = (model.n_layers(), model.n_heads());
+    let eval_options = |u: &SweepUnit| unit_eval_options(cfg, tasks.iter().find(|t| t.name == u.task));
 
     // ---- 1. importance per (task, shots): sharded units ----
     let pairs: Vec<(usize, usize)> = (0..tasks.len()).flat_map(|t| cfg.shots.iter().map(move |&k| (t, k))).collect();
@@ -285,7 +287,7 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
             }
             Ok(m)
         };
-        let out = super::run_sweep(folder, &units, shard, &mut mask_for, &mut |u, m| evaluator.point(u, m), &mut |_, _| {})?;
+        let out = super::run_sweep(folder, &units, shard, &eval_options, &mut mask_for, &mut |u, m| evaluator.point(u, m), &mut |_, _| {})?;
         outcome.oracle = Some(Counts { computed: out.computed, reused: out.reused });
         let Some(rows) = out.rows else {
             outcome.stopped_at = Some(Stage::FfnOracle);
@@ -334,7 +336,7 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
     };
     let total = units.iter().enumerate().filter(|(i, _)| shard.takes(*i)).count();
     let overall = bar(total, "sweep units");
-    let out = super::run_sweep(folder, &units, shard, &mut mask_for, &mut |u, m| evaluator.point(u, m), &mut |d, _| overall.set_position(d as u64))?;
+    let out = super::run_sweep(folder, &units, shard, &eval_options, &mut mask_for, &mut |u, m| evaluator.point(u, m), &mut |d, _| overall.set_position(d as u64))?;
     overall.finish_and_clear();
     outcome.sweeps = Some(Counts { computed: out.computed, reused: out.reused });
 
@@ -367,12 +369,12 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
                 chain.iter().find(|(p, _)| *p == u.heads_pct).map(|(_, m)| m.clone()).ok_or_else(|| anyhow!("no recompute mask at {}%", u.heads_pct))
             };
             let rows = if owned {
-                let out = super::run_sweep(folder, &units, Shard::ALL, &mut mask_for, &mut |u, m| evaluator.point(u, m), &mut |_, _| {})?;
+                let out = super::run_sweep(folder, &units, Shard::ALL, &eval_options, &mut mask_for, &mut |u, m| evaluator.point(u, m), &mut |_, _| {})?;
                 evals.computed += out.computed;
                 evals.reused += out.reused;
                 out.rows
             } else {
-                load_rows(folder, &units, &mut mask_for)?
+                load_rows(folder, &units, &eval_options, &mut mask_for)?
             };
             match (rows, recompute_rows.as_mut()) {
                 (Some(r), Some(all)) => all.extend(r),
@@ -394,7 +396,7 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
     let mut baselines = Counts::default();
     for t in tasks {
         for &k in &cfg.shots {
-            let summary: serde_json::Value = match folder.load(&baseline_key(&t.name, k))? {
+            let summary: serde_json::Value = match folder.load(&baseline_key(&t.name, k, &unit_eval_options(cfg, Some(t))))? {
                 Some(v) => {
                     baselines.reused += 1;
                     v
@@ -414,8 +416,28 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
 
 /// The full evaluation summary of a task's unpruned model (what `headroom eval` writes), stored
 /// beside the sweep's eval unit of the 0% level, which keeps only the headline point.
-pub fn baseline_key(task: &str, k: usize) -> UnitKey {
-    UnitKey::new("eval_summary", serde_json::json!({"task": task, "shots": k}))
+/// Keyed like the evaluation units ([`super::eval_key`]), by the evaluation options too.
+pub fn baseline_key(task: &str, k: usize, options: &serde_json::Value) -> UnitKey {
+    UnitKey::new("eval_summary", serde_json::json!({"task": task, "shots": k, "options": options}))
+}
+
+/// What an evaluation's result depends on besides the task, shots and mask (part of every
+/// evaluation unit's key): the evaluation options [`Evaluator::evaluate`] passes, and the task's
+/// split (which documents are evaluated and where demonstrations come from). Batch sizes are
+/// left out: they change the speed, not the result.
+fn unit_eval_options(cfg: &PruneConfig, task: Option<&Task>) -> serde_json::Value {
+    let defaults = EvalConfig::default();
+    serde_json::json!({
+        "limit": cfg.limit,
+        "seed": cfg.seed,
+        "max_length": cfg.max_length,
+        "tokenization": format!("{:?}", defaults.tokenization),
+        "split": task.map(|t| serde_json::json!({
+            "mode": t.split.mode, "eval_source": t.split.eval_source, "pool_source": t.split.pool_source,
+            "eval_docs": t.split.eval_docs, "pool_docs": t.split.pool_docs,
+            "holdout_seed": t.split.holdout_seed, "pool_fraction": t.split.pool_fraction,
+        })),
+    })
 }
 
 /// The key of a recompute re-scoring: importance of (task, shots) on the model under the mask
@@ -476,10 +498,15 @@ fn recompute_masks(
 type Rescore<'a> = &'a mut dyn FnMut(&Mask) -> Result<ImportanceSums>;
 
 /// The rows of finished units (None if any is missing), without evaluating anything.
-fn load_rows(folder: &RunFolder, units: &[SweepUnit], mask_for: &mut dyn FnMut(&SweepUnit) -> Result<Mask>) -> Result<Option<Vec<SweepRow>>> {
+fn load_rows(
+    folder: &RunFolder,
+    units: &[SweepUnit],
+    eval_options: &dyn Fn(&SweepUnit) -> serde_json::Value,
+    mask_for: &mut dyn FnMut(&SweepUnit) -> Result<Mask>,
+) -> Result<Option<Vec<SweepRow>>> {
     let mut rows = Vec::with_capacity(units.len());
     for u in units {
-        match folder.load::<EvalPoint>(&super::eval_key(u, &mask_for(u)?))? {
+        match folder.load::<EvalPoint>(&super::eval_key(&u.task, u.shots, &mask_for(u)?, &eval_options(u)))? {
             Some(point) => rows.push(SweepRow { unit: u.clone(), point }),
             None => return Ok(None),
         }
@@ -632,7 +659,8 @@ impl Evaluator<'_> {
             obj.insert("headroom_version".into(), serde_json::json!(env!("CARGO_PKG_VERSION")));
             obj.insert("compute_dtype".into(), serde_json::json!(self.folder.manifest.compute_dtype));
         }
-        self.folder.store(&baseline_key(&u.task, u.shots), &summary)?;
+        let options = unit_eval_options(self.cfg, self.tasks.iter().find(|t| t.name == u.task));
+        self.folder.store(&baseline_key(&u.task, u.shots, &options), &summary)?;
         Ok((out.summary.point(), summary))
     }
 

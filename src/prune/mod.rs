@@ -195,9 +195,41 @@ pub fn mask_hash(m: &Mask) -> String {
     crate::io::sha256_hex(&bytes)[..16].to_string()
 }
 
-/// The key of a unit's evaluation: the unit and the hash of its mask.
-pub fn eval_key(u: &SweepUnit, mask: &Mask) -> UnitKey {
-    UnitKey::new("eval", serde_json::json!({"unit": u, "mask": mask_hash(mask)}))
+/// The key of an evaluation: what determines its result, i.e. the task, the shot count, the
+/// mask's content and the evaluation options (`options`: limit, seed, max length, tokenization,
+/// split...), and not the label of the ranking that produced the mask. So an identical mask
+/// reached under two labels (own and aggregate with one in-distribution task, the first
+/// recompute level and the fixed ranking...) is evaluated once, and evaluations under other
+/// options are never reused. The compute dtype is added by [`RunFolder::full_key`]; the model and
+/// the data files are the manifest's.
+pub fn eval_key(task: &str, shots: usize, mask: &Mask, options: &serde_json::Value) -> UnitKey {
+    UnitKey::new("eval", serde_json::json!({"task": task, "shots": shots, "mask": mask_hash(mask), "options": options}))
+}
+
+/// Refuses a folder whose evaluation units were keyed the old way (by the sweep unit, i.e. the
+/// ranking label, without the evaluation options): their results cannot be told apart safely,
+/// and silently recomputing every one of them would be a surprise on a large run.
+pub fn check_eval_unit_layout(folder: &RunFolder) -> Result<()> {
+    let dir = folder.root.join("units").join("eval");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e} (delete it to recompute)", p.display()))?;
+        if v.pointer("/key/inputs/unit").is_some() {
+            bail!(
+                "{} holds evaluation units of an older headroom (keyed by ranking label, without the evaluation options), which this version cannot reuse safely; use a new --out folder, or delete {} to evaluate them again there",
+                folder.root.display(),
+                dir.display()
+            );
+        }
+        // One file tells the layout: a folder is written by one version (the manifest's tool).
+        break;
+    }
+    Ok(())
 }
 
 /// What [`run_sweep`] did.
@@ -217,6 +249,7 @@ pub fn run_sweep(
     folder: &RunFolder,
     units: &[SweepUnit],
     shard: Shard,
+    eval_options: &dyn Fn(&SweepUnit) -> serde_json::Value,
     mask_for: &mut dyn FnMut(&SweepUnit) -> Result<Mask>,
     eval: &mut dyn FnMut(&SweepUnit, &Mask) -> Result<EvalPoint>,
     progress: &mut dyn FnMut(usize, usize),
@@ -226,7 +259,7 @@ pub fn run_sweep(
     let mut keys = Vec::with_capacity(units.len());
     for u in units {
         let mask = mask_for(u)?;
-        keys.push((eval_key(u, &mask), mask));
+        keys.push((eval_key(&u.task, u.shots, &mask, &eval_options(u)), mask));
     }
     for (done, &i) in mine.iter().enumerate() {
         let (key, mask) = &keys[i];
