@@ -181,12 +181,12 @@ pub fn run(args: InductionArgs, dev: &super::Runtime) -> Result<()> {
                     None
                 }
             };
-            let mut csv = String::from("heads_pruned,pct_pruned,prefix_retained,copy_retained\n");
-            for i in 0..p.len() {
+            let rows = (0..p.len()).map(|i| {
                 let cr = c.as_ref().map_or(String::new(), |c| format!("{:.6}", c[i]));
-                csv.push_str(&format!("{i},{:.6},{:.6},{cr}\n", 100.0 * i as f64 / (nl * nh) as f64, p[i]));
-            }
-            write_atomic(&args.out.join("capacity.csv"), csv.as_bytes())?;
+                vec![i.to_string(), format!("{:.6}", 100.0 * i as f64 / (nl * nh) as f64), format!("{:.6}", p[i]), cr]
+            });
+            let csv = headroom::io::csv_bytes(&["heads_pruned", "pct_pruned", "prefix_retained", "copy_retained"], rows)?;
+            write_atomic(&args.out.join("capacity.csv"), &csv)?;
             Some(serde_json::json!({"importance_file": args.importance, "prefix_retained": p, "copy_retained": c}))
         }
         None => None,
@@ -228,16 +228,13 @@ pub fn run(args: InductionArgs, dev: &super::Runtime) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
     });
     write_atomic(&args.out.join("induction.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
-    let mut csv = String::from("layer,head,prefix_mean,prefix_var,copy_mean,copy_var,tl_induction_mean,tl_induction_var\n");
-    for l in 0..nl {
-        for h in 0..nh {
-            csv.push_str(&format!(
-                "{l},{h},{:.8},{:.8},{:.8},{:.8},{:.8},{:.8}\n",
-                prefix.mean[l][h], prefix.var[l][h], copying.mean[l][h], copying.var[l][h], tl.mean[l][h], tl.var[l][h]
-            ));
-        }
-    }
-    write_atomic(&args.out.join("induction.csv"), csv.as_bytes())?;
+    let rows = (0..nl).flat_map(|l| (0..nh).map(move |h| (l, h))).map(|(l, h)| {
+        let mut r = vec![l.to_string(), h.to_string()];
+        r.extend([prefix.mean[l][h], prefix.var[l][h], copying.mean[l][h], copying.var[l][h], tl.mean[l][h], tl.var[l][h]].map(|x| format!("{x:.8}")));
+        r
+    });
+    let csv = headroom::io::csv_bytes(&["layer", "head", "prefix_mean", "prefix_var", "copy_mean", "copy_var", "tl_induction_mean", "tl_induction_var"], rows)?;
+    write_atomic(&args.out.join("induction.csv"), &csv)?;
 
     print_top(&format!("top 10 heads by prefix matching ({} mode, {n} sequences):", args_mode_name(prefix_mode)), &top_prefix, &prefix.var);
     print_top(&format!("top 10 heads by copying ({} mode):", copy_name(copy_mode)), &top_copy, &copying.var);

@@ -78,7 +78,7 @@ pub fn run(args: InductionAblateArgs, dev: &super::Runtime) -> Result<()> {
     let ranking = rank_induction_heads(&prefix, &copying, target)?;
     let plan = AblationPlan { ks: args.ks.clone(), random_sets: args.random_sets, seed: args.seed };
     let mut results = Vec::new();
-    let mut csv = String::from("task,shots,target,k,kind,set,value\n");
+    let mut csv: Vec<Vec<String>> = Vec::new();
     for i in 0..args.task.len() {
         let task = args.source.load(&args.task, i, args.shots > 0)?;
         let cfg = EvalConfig {
@@ -101,12 +101,13 @@ pub fn run(args: InductionAblateArgs, dev: &super::Runtime) -> Result<()> {
         })?;
         bar.finish_and_clear();
         let tname = format!("{target:?}").to_lowercase();
-        csv.push_str(&format!("{},{},{tname},0,baseline,0,{:.6}\n", task.name, args.shots, res.baseline));
+        let row = |k: usize, kind: &str, set: usize, v: f64| vec![task.name.clone(), args.shots.to_string(), tname.clone(), k.to_string(), kind.to_string(), set.to_string(), format!("{v:.6}")];
+        csv.push(row(0, "baseline", 0, res.baseline));
         println!("{} {}-shot ({metric}): baseline {:.3}", task.name, args.shots, res.baseline);
         for p in &res.points {
-            csv.push_str(&format!("{},{},{tname},{},top,0,{:.6}\n", task.name, args.shots, p.k, p.top_accuracy));
+            csv.push(row(p.k, "top", 0, p.top_accuracy));
             for (i, v) in p.random_accuracies.iter().enumerate() {
-                csv.push_str(&format!("{},{},{tname},{},random,{i},{v:.6}\n", task.name, args.shots, p.k));
+                csv.push(row(p.k, "random", i, *v));
             }
             println!(
                 "  k={:>3}: top-k {:.3}   random {:.3} +- {:.3} (min {:.3}, max {:.3})",
@@ -116,7 +117,7 @@ pub fn run(args: InductionAblateArgs, dev: &super::Runtime) -> Result<()> {
         results.push(serde_json::json!({"task": task.name, "split": task.split, "shots": args.shots, "metric": metric, "n": docs.len(), "result": res}));
     }
     write_json(&args.out.join("ablation.json"), &serde_json::json!({"induction": args.induction, "target": format!("{target:?}"), "compute_dtype": model.info.compute_dtype, "weights": model.info.weights, "results": results}))?;
-    write_atomic(&args.out.join("ablation.csv"), csv.as_bytes())?;
+    write_atomic(&args.out.join("ablation.csv"), &headroom::io::csv_bytes(&["task", "shots", "target", "k", "kind", "set", "value"], csv)?)?;
     println!("wrote {}", args.out.display());
     Ok(())
 }
