@@ -160,6 +160,26 @@ fn attention_tiled_causal_across_row_blocks() {
     check_attention("tiled mha", &a, &Layout::Causal, None, 1, kernels::BLOCK_ROWS, 16);
 }
 
+/// Products summed in the gemm (forward with bias: `b + x W^T`; input gradients `dy1 W1 + dy2 W2`)
+/// against the composed matmuls and adds.
+#[test]
+fn linear_sums_match_matmuls_and_adds() {
+    let (w1, w2, bias) = (randn(&[11, 7], 1), randn(&[11, 5], 2), randn(&[11], 3));
+    let x = randn(&[2, 3, 7], 4);
+    let f = kernels::linear_sum(&[kernels::Product { a: &x, w: &w1, transpose_w: true }], Some(&bias)).unwrap().unwrap();
+    let c = x.reshape((6, 7)).unwrap().matmul(&w1.t().unwrap()).unwrap().broadcast_add(&bias).unwrap().reshape((2, 3, 11)).unwrap();
+    close("b + x W^T", &f, &c);
+    let (dy1, dy2) = (randn(&[2, 3, 11], 5), randn(&[2, 3, 11], 6));
+    let (a1, a2) = (randn(&[6, 11], 7), randn(&[6, 11], 8));
+    let (v1, v2) = (randn(&[11, 9], 9), randn(&[11, 9], 10));
+    let f = kernels::linear_sum(&[kernels::Product { a: &a1, w: &v1, transpose_w: false }, kernels::Product { a: &a2, w: &v2, transpose_w: false }], None).unwrap().unwrap();
+    let c = (a1.matmul(&v1).unwrap() + a2.matmul(&v2).unwrap()).unwrap();
+    close("dy1 W1 + dy2 W2", &f, &c);
+    // mismatched inner sizes are refused (the caller composes), never read out of bounds
+    assert!(kernels::linear_sum(&[kernels::Product { a: &dy1, w: &v1, transpose_w: true }], None).is_none());
+    assert!(kernels::linear_sum(&[kernels::Product { a: &a1, w: &v1, transpose_w: false }, kernels::Product { a: &dy2, w: &w2, transpose_w: false }], None).is_none());
+}
+
 #[test]
 fn softmax_backward_kernel_matches() {
     let s = randn(&[2, 3, 9, 9], 11);

@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor, D};
 
 use super::layout::{causal_mask, Layout};
 use super::kernels;
-use super::linear::{matmul, Linear};
+use super::linear::{backward_sum, matmul, Linear};
 use super::rope::Rope;
 use super::widen;
 
@@ -274,7 +274,7 @@ impl Attention {
             }
         };
         // q, k, v = x W + b  =>  dx = dq Wq + dk Wk + dv Wv
-        let dx = ((self.q.backward(&d_q)? + self.k.backward(&d_k)?)? + self.v.backward(&d_v)?)?;
+        let dx = backward_sum(&[(&self.q, &d_q), (&self.k, &d_k), (&self.v, &d_v)])?;
         Ok((dx, head_dot))
     }
 }
