@@ -221,21 +221,8 @@ impl Attention {
     pub fn backward(&self, a: &AttnActs, layout: &Layout, head_gate: Option<&Tensor>, dy: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = dy.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let split = |y: Tensor, n: usize| -> Result<Tensor> {
-            match kernels::split_heads(&y, n, hd, None, None) {
-                Some(s) => s,
-                None => Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?),
-            }
-        };
-        // out = concat_h(g_h o_h) Wo + bo  =>  d(g o) = dy Wo
         let dt = dy.dtype();
-        let d_go = split(self.o.backward(dy)?, h)?; //   [B, H, T, hd]
-        // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]: the importance dot, products and the sum over
-        // hd in the wide dtype (f32 for bf16/f16), never rounded to half precision.
-        let head_dot = match kernels::row_dots(&a.z, &d_go) {
-            Some(d) => d?,
-            None => (widen(&a.z)? * widen(&d_go)?)?.sum(D::Minus1)?,
-        };
+        let (d_go, head_dot) = self.gated_heads_grad(a, dy)?;
         let d_o = match head_gate {
             Some(g) => d_go.broadcast_mul(&g.to_dtype(dt)?.reshape((1, h, 1, 1))?)?,
             None => d_go,
@@ -280,6 +267,31 @@ impl Attention {
 }
 
 impl Attention {
+    /// The head dots alone `[B, H, T]` (what importance reads from the bottom layer, whose input
+    /// gradient nothing needs): the backward up to the head gates, no further.
+    pub fn head_dots(&self, a: &AttnActs, dy: &Tensor) -> Result<Tensor> {
+        Ok(self.gated_heads_grad(a, dy)?.1)
+    }
+
+    /// dy `[B, T, D]` -> (d(g o) `[B, H, T, hd]`, the head dots `[B, H, T]`).
+    fn gated_heads_grad(&self, a: &AttnActs, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = dy.dims3()?;
+        let (h, hd) = (self.n_heads, self.head_dim);
+        // out = concat_h(g_h o_h) Wo + bo  =>  d(g o) = dy Wo
+        let d_go = self.o.backward(dy)?;
+        let d_go = match kernels::split_heads(&d_go, h, hd, None, None) {
+            Some(s) => s?,
+            None => d_go.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?,
+        }; // [B, H, T, hd]
+        // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]: the importance dot, products and the sum over
+        // hd in the wide dtype (f32 for bf16/f16), never rounded to half precision.
+        let head_dot = match kernels::row_dots(&a.z, &d_go) {
+            Some(d) => d?,
+            None => (widen(&a.z)? * widen(&d_go)?)?.sum(D::Minus1)?,
+        };
+        Ok((d_go, head_dot))
+    }
+
     /// The composed backward from d_o `[B, H, T, hd]` (the gated heads' gradient) to
     /// (dq `[B, H, T, hd]`, dk and dv `[B, KV, T, hd]`), dq and dk before the scale and RoPE.
     fn scores_backward(&self, a: &AttnActs, d_o: &Tensor, after: bool) -> Result<(Tensor, Tensor, Tensor)> {
