@@ -110,6 +110,10 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Option<Dims> {
     ok.then_some(Dims { b, h, kv, t, hd })
 }
 
+/// One forward task: (batch row * H + head, first row, its z rows `[m, hd]`, its pattern rows
+/// `[m, T]` when kept).
+type BlockTask<'a> = (usize, usize, &'a mut [f32], Option<&'a mut [f32]>);
+
 /// The forward: q `[B, H, T, hd]` (already scaled), k and v `[B, KV, T, hd]` (query head i reads
 /// kv head i / (H/KV)) -> (the pattern `[B, H, T, T]` when `keep_pattern`, z = A v `[B, H, T, hd]`).
 /// Row i attends keys `j <= i` (and `i - j < window` with a window).
@@ -121,7 +125,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize
     let mut z = output(b * h * t * hd);
     let mut pattern = keep_pattern.then(|| output(b * h * t * t));
     // One task per (batch row and head = bh, block of rows): its z rows and its pattern rows.
-    let mut tasks: Vec<(usize, usize, &mut [f32], Option<&mut [f32]>)> = Vec::with_capacity(b * h * t.div_ceil(BLOCK_ROWS));
+    let mut tasks: Vec<BlockTask<'_>> = Vec::with_capacity(b * h * t.div_ceil(BLOCK_ROWS));
     let mut pattern_heads = pattern.as_mut().map(|p| p.chunks_mut(t * t));
     for (bh, zh) in z.chunks_mut(t * hd).enumerate() {
         let mut ph = pattern_heads.as_mut().and_then(|it| it.next()).map(|p| p.chunks_mut(BLOCK_ROWS * t));
