@@ -122,25 +122,20 @@ impl Attention {
                 (if after { q } else { scale_by(&q, self.scale)? }, k, v) // q * scale   [B, H, T, hd]
             }
         };
-        // f32 CPU, causal: the tiled kernel computes the scores, softmax and A v block by block,
-        // never the keys above the diagonal (kernels/attention.rs).
-        if let (false, Layout::Causal) = (after, layout) {
-            if let Some(r) = kernels::causal_attention(&qs, &k, &v, self.sliding_window, true) {
-                let (pattern, o) = r?;
-                let pattern = pattern.ok_or_else(|| anyhow::anyhow!("internal: the causal kernel kept no pattern"))?;
-                let y = self.o.forward(&self.gated_heads(&o, head_gate)?)?;
-                return Ok((y, AttnActs { q: qs, k, v, pattern, z: o }));
-            }
+        let mask = self.row_mask(layout);
+        // f32 CPU: the tiled kernel computes the scores, softmax and A v block by block, never
+        // the keys above the diagonal (kernels/attention.rs).
+        if let Some(r) = (!after).then(|| kernels::causal_attention(&qs, &k, &v, mask, true)).flatten() {
+            let (pattern, o) = r?;
+            let pattern = pattern.ok_or_else(|| anyhow::anyhow!("internal: the causal kernel kept no pattern"))?;
+            let y = self.o.forward(&self.gated_heads(&o, head_gate)?)?;
+            return Ok((y, AttnActs { q: qs, k, v, pattern, z: o }));
         }
         // The score matmul runs in the compute dtype; the scores are then widened (f32 for
         // bf16/f16) before the bias and the softmax, as transformers' eager attention does
         // (`softmax(..., dtype=float32)`): a half-precision softmax over long rows loses the
         // small probabilities. The 0 / -inf bias is f32 and exact in any dtype.
         let raw = ungroup(&matmul(&grouped(&qs, rep)?, &k.t()?)?, rep)?; // q k^T   [B, H, T, T]
-        let mask = match layout {
-            Layout::Causal => kernels::RowMask::Causal { window: self.sliding_window },
-            Layout::Custom { bias, .. } => kernels::RowMask::Bias(bias),
-        };
         let probs = match (!after).then(|| kernels::masked_softmax(&raw, mask)).flatten() {
             Some(p) => p?, // A = softmax(S + bias), one pass per row
             None => {
@@ -157,6 +152,14 @@ impl Attention {
         let og = self.gated_heads(&o, head_gate)?; // [B, T, H*hd]
         let y = self.o.forward(&og)?; // out = concat_h(g_h o_h) Wo + bo
         Ok((y, AttnActs { q: qs, k, v, pattern: probs, z: o }))
+    }
+
+    /// Which keys each query row sees, as the fused kernels take it.
+    fn row_mask<'a>(&self, layout: &'a Layout) -> kernels::RowMask<'a> {
+        match layout {
+            Layout::Causal => kernels::RowMask::Causal { window: self.sliding_window },
+            Layout::Custom { bias, .. } => kernels::RowMask::Bias(bias),
+        }
     }
 
     /// Per-head outputs z `[B, H, T, hd]` times the head gate, concatenated: the input of the
@@ -228,10 +231,7 @@ impl Attention {
             None => d_go,
         };
         let after = self.scales_scores(dt);
-        let tiled = match (after, layout) {
-            (false, Layout::Causal) => kernels::causal_attention_backward(&a.pattern, &a.q, &a.k, &a.v, &d_o, self.sliding_window),
-            _ => None,
-        };
+        let tiled = (!after).then(|| kernels::causal_attention_backward(&a.pattern, &a.q, &a.k, &a.v, &d_o, self.row_mask(layout))).flatten();
         let (d_q, d_k, d_v) = match tiled {
             Some(g) => g?, // the tiled kernel: the same products on the visible keys only
             None => self.scores_backward(a, &d_o, after)?,
