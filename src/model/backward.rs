@@ -156,14 +156,21 @@ impl Model {
             for k in 0..n_in {
                 let dy = dxs[k].to_device(dev)?;
                 let (g, fg, lay) = (gates[k][l].as_ref(), self.ffn_gate(inputs[k].pass.mask, l), layouts[k].get(dev));
-                let gr = match saved[k].pop() {
-                    Some(Ok(acts)) => block.backward(&acts, lay, g, fg, &dy)?,
-                    Some(Err(input)) => block.backward_recompute(&input, lay, g, fg, &dy)?,
+                let acts = match saved[k].pop() {
+                    Some(Ok(acts)) => acts,
+                    Some(Err(input)) => block.forward_acts(&input, lay, g, fg)?.1, // recompute
                     None => bail!("internal: missing saved activations for layer {l}"),
                 };
-                dxs[k] = gr.dx;
-                head_dot[k][l] = Some(gr.head_dot);
-                ffn_dot[k][l] = Some(gr.ffn_dot);
+                // The bottom block's input gradient is read by nothing (no gates below it).
+                let (h, f) = if l == 0 {
+                    block.gate_dots(&acts, fg, &dy)?
+                } else {
+                    let gr = block.backward(&acts, lay, g, fg, &dy)?;
+                    dxs[k] = gr.dx;
+                    (gr.head_dot, gr.ffn_dot)
+                };
+                head_dot[k][l] = Some(h);
+                ffn_dot[k][l] = Some(f);
             }
             Ok(())
         })?;

@@ -228,6 +228,36 @@ impl Block {
         }
     }
 
+    /// The gate dots alone, (head dots `[B, H, T]`, FFN dots `[B, T]`), for a block whose input
+    /// gradient nothing reads (the bottom block: the embeddings have no gates). The same lines
+    /// as [`Block::backward`] (so the same numbers), stopping where the dots are known: the
+    /// attention's backward below its head gates, the bottom norm and, for parallel blocks, the
+    /// whole FFN backward are skipped. The head gates do not enter: each dot is taken before its
+    /// gate multiplies (spec 2.3).
+    pub fn gate_dots(&self, acts: &BlockActs, ffn_gate: f32, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let g = ffn_gate as f64;
+        let skipped = || anyhow!("internal: the block's FFN was skipped in this forward; the backward needs Block::forward_acts");
+        let f = acts.mlp_out.as_ref().ok_or_else(skipped)?;
+        let mlp = acts.mlp.as_ref().ok_or_else(skipped)?;
+        match self.residual {
+            Residual::PreNorm => {
+                let ffn_dot = ffn_dot(f, dy)?;
+                let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
+                let dx1 = (dy + self.ffn_norm.backward(&acts.resid_mid, &dn2)?)?;
+                Ok((self.attn.head_dots(&acts.attn, &dx1)?, ffn_dot))
+            }
+            Residual::PostNorm => {
+                let z2 = acts.resid_post_unnormed.as_ref().ok_or_else(|| anyhow!("internal: post-norm activations lack ln2's input"))?;
+                let dz2 = self.ffn_norm.backward(z2, dy)?;
+                let ffn_dot = ffn_dot(f, &dz2)?;
+                let dy1 = (&dz2 + self.mlp.backward(mlp, &(&dz2 * g)?)?)?;
+                let dz1 = self.attn_norm.backward(&acts.resid_mid, &dy1)?;
+                Ok((self.attn.head_dots(&acts.attn, &dz1)?, ffn_dot))
+            }
+            Residual::Parallel => Ok((self.attn.head_dots(&acts.attn, dy)?, ffn_dot(f, dy)?)),
+        }
+    }
+
     /// Recomputes the forward from the block input and back-propagates (the memory-lean path).
     pub fn backward_recompute(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, dy: &Tensor) -> Result<BlockGrads> {
         let (_, acts) = self.forward_acts(x, layout, head_gate, ffn_gate)?;
