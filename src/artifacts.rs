@@ -181,6 +181,48 @@ impl AggregateFile {
     }
 }
 
+/// `ffn_oracle/<task>.<k>shot.json`: accuracy without each FFN in turn, and how the drops rank
+/// against the gradient FFN importance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FfnOracleFile {
+    pub schema_version: u32,
+    pub task: String,
+    pub shots: usize,
+    /// The unpruned accuracy.
+    pub base: f64,
+    /// Accuracy with FFN `l` removed, per layer.
+    pub without: Vec<f64>,
+    /// `100 * (base - without[l])`: percentage points lost.
+    pub diffs: Vec<f64>,
+    /// Layers by ascending drop (the oracle's pruning order).
+    pub order: Vec<usize>,
+    /// Spearman between the gradient FFN scores and `diffs` (absent when undefined).
+    pub gradient_srcc: Option<f64>,
+    pub gradient_srcc_p: Option<f64>,
+    pub note: String,
+}
+
+impl FfnOracleFile {
+    /// Reads the current or the version-1 layout (identical but for the version field).
+    pub fn read(file: &Path) -> Result<Self> {
+        let mut v = read_value(file)?;
+        if schema_of(&v, file)? == 1 {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("schema_version".into(), SCHEMA_VERSION.into());
+            }
+        }
+        let f: Self = serde_json::from_value(v).with_context(|| format!("{}: not an FFN oracle file", file.display()))?;
+        if f.without.len() != f.diffs.len() || f.order.len() != f.diffs.len() {
+            bail!("{}: `without`, `diffs` and `order` differ in length", file.display());
+        }
+        Ok(f)
+    }
+
+    pub fn write(&self, file: &Path) -> Result<()> {
+        crate::io::write_json(file, self)
+    }
+}
+
 /// One row of `sweeps/inflection.csv`. `task` is "average" for the mean over tasks of each
 /// (shots, ranking). `base_stderr` / `base_n` are empty in files of runs before they were added.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -330,6 +372,33 @@ mod tests {
         };
         a.write(&p).unwrap();
         assert_eq!(AggregateFile::read(&p).unwrap(), a);
+    }
+
+    #[test]
+    fn ffn_oracle_round_trip_and_v1() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("copa.0shot.json");
+        let f = FfnOracleFile {
+            schema_version: SCHEMA_VERSION,
+            task: "copa".into(),
+            shots: 0,
+            base: 0.75,
+            without: vec![0.5, 0.75],
+            diffs: vec![25.0, 0.0],
+            order: vec![1, 0],
+            gradient_srcc: None,
+            gradient_srcc_p: Some(0.5),
+            note: "n".into(),
+        };
+        f.write(&p).unwrap();
+        assert_eq!(FfnOracleFile::read(&p).unwrap(), f);
+        let mut v = serde_json::to_value(&f).unwrap();
+        v.as_object_mut().unwrap().remove("schema_version");
+        std::fs::write(&p, v.to_string()).unwrap();
+        assert_eq!(FfnOracleFile::read(&p).unwrap(), f);
+        v["order"] = serde_json::json!([0]);
+        std::fs::write(&p, v.to_string()).unwrap();
+        assert!(FfnOracleFile::read(&p).unwrap_err().to_string().contains("copa.0shot.json"));
     }
 
     #[test]

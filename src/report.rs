@@ -626,10 +626,19 @@ impl Builder {
         let mut rows = vec![];
         let mut figs = String::from("<div class=\"grid\">");
         for (t, k, p) in files {
-            let Ok(v) = read_json(&p) else { continue };
-            let order = v.get("order").and_then(Value::as_array).map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")).unwrap_or_default();
-            rows.push(vec![escape(&t), k.to_string(), vnum(v.get("base")), format!("<b>{}</b>", vnum(v.get("gradient_srcc"))), escape(&order), vnum(v.get("note"))]);
-            if let Some(d) = vector(v.get("diffs")) {
+            let f = match crate::artifacts::FfnOracleFile::read(&p) {
+                Ok(f) => f,
+                Err(e) => {
+                    // A file that cannot be read is shown, not skipped.
+                    rows.push(vec![escape(&t), k.to_string(), String::new(), String::new(), String::new(), escape(&format!("{e:#}"))]);
+                    continue;
+                }
+            };
+            let order = f.order.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ");
+            let num = |x: Option<f64>| vnum(x.map(Value::from).as_ref());
+            rows.push(vec![escape(&t), k.to_string(), num(Some(f.base)), format!("<b>{}</b>", num(f.gradient_srcc)), escape(&order), escape(&f.note)]);
+            {
+                let d = f.diffs;
                 let title = plots::title("FFN oracle: drop without each FFN", &model, &t, Some(k));
                 let mut bp = BarPlot::ffns(&title, &d, "base − accuracy without FFN");
                 bp.series[0].label = "oracle".into();

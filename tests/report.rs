@@ -49,7 +49,7 @@ fn synthetic_run(dir: &Path) {
             );
             write(
                 &dir.join(format!("ffn_oracle/{task}.{k}shot.json")),
-                &json!({"base": 0.6, "without": [0.5, 0.55, 0.58, 0.6], "diffs": [0.1, 0.05, 0.02, 0.0], "order": [3, 2, 1, 0], "gradient_srcc": 0.8, "note": "absolute drop"})
+                &json!({"task": task, "shots": k, "base": 0.6, "without": [0.5, 0.55, 0.58, 0.6], "diffs": [0.1, 0.05, 0.02, 0.0], "order": [3, 2, 1, 0], "gradient_srcc": 0.8, "note": "absolute drop"})
                     .to_string(),
             );
             for p in (0..=100).step_by(10) {

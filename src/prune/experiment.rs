@@ -300,12 +300,19 @@ pub fn run(model: &Model, tok: &Tokenizer, tasks: &[Task], cfg: &PruneConfig, fo
             let (task, k) = (chunk[0].unit.task.clone(), chunk[0].unit.shots);
             let grad = imp[&(task.clone(), k)].scores(Normalize::Authors).ffns;
             let rho = spearman(&grad, &diffs).ok();
-            write_json(
-                &folder.root.join("ffn_oracle").join(format!("{task}.{k}shot.json")),
-                &serde_json::json!({"task": task, "shots": k, "base": base, "without": without, "diffs": diffs, "order": order,
-                    "gradient_srcc": rho.as_ref().map(|r| r.rho), "gradient_srcc_p": rho.as_ref().map(|r| r.p_value),
-                    "note": "diffs are percentage points on the evaluation split: this oracle sees the data that pruned accuracy is reported on, as the authors' did"}),
-            )?;
+            crate::artifacts::FfnOracleFile {
+                schema_version: crate::artifacts::SCHEMA_VERSION,
+                task: task.clone(),
+                shots: k,
+                base,
+                without,
+                diffs,
+                order: order.clone(),
+                gradient_srcc: rho.as_ref().map(|r| r.rho),
+                gradient_srcc_p: rho.as_ref().map(|r| r.p_value),
+                note: "diffs are percentage points on the evaluation split: this oracle sees the data that pruned accuracy is reported on, as the authors' did".into(),
+            }
+            .write(&folder.root.join("ffn_oracle").join(format!("{task}.{k}shot.json")))?;
             oracle_orders.insert((task, k), order);
         }
     }
