@@ -105,13 +105,13 @@ fn check_attention(name: &str, a: &Attention, layout: &Layout, gate: Option<&Ten
     close(&format!("{name}: q"), &acts.q, &cacts.q);
     close(&format!("{name}: k"), &acts.k, &cacts.k);
     close(&format!("{name}: v"), &acts.v, &cacts.v);
-    close(&format!("{name}: pattern"), &acts.pattern, &cacts.pattern);
+    close(&format!("{name}: pattern"), acts.pattern().unwrap(), cacts.pattern().unwrap());
     close(&format!("{name}: z"), &acts.z, &cacts.z);
     close(&format!("{name}: dx"), &dx, &cdx);
     close(&format!("{name}: head dots"), &dots, &cdots);
     // Masked entries are exactly 0 in both.
-    let zeros_f = acts.pattern.eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-    let zeros_c = cacts.pattern.eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let zeros_f = acts.pattern().unwrap().eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let zeros_c = cacts.pattern().unwrap().eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(zeros_f, zeros_c, "{name}: masked entries");
 }
 

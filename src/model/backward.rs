@@ -17,7 +17,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
 
-use super::blocks::{BlockActs, Layout};
+use super::blocks::{BlockActs, Keep, Layout};
 use super::{Mask, Model, PassInput};
 
 /// The tokens of one example whose log-likelihood is the loss: positions `start..start+len` of
@@ -133,7 +133,8 @@ impl Model {
         // or only its input (resid_pre), per input.
         let mut saved: Vec<Vec<Result<BlockActs, Tensor>>> = inputs.iter().map(|_| Vec::with_capacity(self.n_layers())).collect();
         let passes: Vec<PassInput<'_>> = inputs.iter().map(|i| i.pass).collect();
-        let xs = self.forward_layers_group(&passes, keep, &mut |k, _, _, acts, _| {
+        // Recomputing blocks keep only resid_pre, so their forward need not keep the rest.
+        let xs = self.forward_layers_group(&passes, if keep { Keep::FOR_BACKWARD } else { Keep::OUTPUT }, &mut |k, _, _, acts, _| {
             saved[k].push(if keep { Ok(acts) } else { Err(acts.resid_pre) });
             Ok(())
         })?;
