@@ -415,6 +415,7 @@ impl Builder {
         let mut warnings: Vec<String> = vec![];
         let paper = |p: findings::PaperValue| format!("<b>{}</b> <small>({})</small>", escape(p.value), escape(p.source));
         let dash = || "—".to_string();
+        let pairs = |n: usize| if n == 1 { "1 task pair".to_string() } else { format!("{n} task pairs") };
         let missing = |what: &str| format!("<span class=\"na\">not in this run ({})</span>", escape(what));
 
         // Shares removable within tolerance.
@@ -471,7 +472,7 @@ impl Builder {
             } else {
                 sp.iter()
                     .zip(&ar)
-                    .map(|(a, b)| format!("{}-shot: Spearman <b>{:.3}</b> · argsort {:.3} ({})", a.shots, a.mean, b.mean, a.pairs))
+                    .map(|(a, b)| format!("{}-shot: Spearman <b>{:.3}</b> · argsort {:.3} ({})", a.shots, a.mean, b.mean, pairs(a.pairs)))
                     .collect::<Vec<_>>()
                     .join("<br>")
             };
@@ -496,7 +497,7 @@ impl Builder {
             let ours = if ov.is_empty() {
                 missing("one task per shot count")
             } else {
-                ov.iter().map(|o| format!("{}-shot: <b>{:.0}%</b> ({})", o.shots, 100.0 * o.mean, o.pairs)).collect::<Vec<_>>().join("<br>")
+                ov.iter().map(|o| format!("{}-shot: <b>{:.0}%</b> ({})", o.shots, 100.0 * o.mean, pairs(o.pairs))).collect::<Vec<_>>().join("<br>")
             };
             rows.push(vec![
                 escape("Top-30% head overlap across tasks (mean over task pairs)"),

@@ -247,12 +247,12 @@ fn paper_vs_run_table_matches_the_files() {
     let (c0, c1, p0, p1) = (m(0.0), m(0.5), m(1.0), m(1.5));
     let sp = spearman(&c0, &p0).unwrap().rho;
     let ar = argsort_correlation(&c0, &p0).unwrap().rho;
-    assert!(table.contains(&format!("0-shot: Spearman <b>{sp:.3}</b> · argsort {ar:.3} (1)")), "{table}");
+    assert!(table.contains(&format!("0-shot: Spearman <b>{sp:.3}</b> · argsort {ar:.3} (1 task pair)")), "{table}");
     let cs = (spearman(&c0, &c1).unwrap().rho + spearman(&p0, &p1).unwrap().rho) / 2.0;
     let ca = (argsort_correlation(&c0, &c1).unwrap().rho + argsort_correlation(&p0, &p1).unwrap().rho) / 2.0;
     assert!(table.contains(&format!("0- vs 1-shot: Spearman <b>{cs:.3}</b> · argsort {ca:.3} (2 tasks)")), "{table}");
     let ov = top_overlap(&c1, &p1, 0.3).unwrap().overlap;
-    assert!(table.contains(&format!("1-shot: <b>{:.0}%</b> (1)", 100.0 * ov)), "{table}");
+    assert!(table.contains(&format!("1-shot: <b>{:.0}%</b> (1 task pair)", 100.0 * ov)), "{table}");
     // Shares removable: the `average` rows of inflection.csv.
     for cell in ["own ranking, 0-shot: <b>30%</b>", "own ranking, 1-shot: <b>60%</b>", "gradient ranking, 0-shot: <b>20%</b>", "gradient ranking, 1-shot: <b>10%</b>"] {
         assert!(table.contains(cell), "no {cell}: {table}");
