@@ -85,7 +85,7 @@ fn main() {
             let ids = m.batch_ids(std::slice::from_ref(&s.ids)).unwrap();
             let e = m.embed.forward(&ids, &Layout::Causal).unwrap();
             for l in 0..m.n_layers() {
-                m.blocks.get(l).unwrap().attention_half(&e, &Layout::Causal, None).expect("attention");
+                m.blocks.get(l).unwrap().attention_half(&e, &Layout::Causal, None, true).expect("attention");
             }
         }
     });

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 
-use crate::model::{log_softmax_last_dim, Layout, Mask, Model, PassInput, TreeRow};
+use crate::model::{log_softmax_last_dim, Keep, Layout, Mask, Model, PassInput, TreeRow};
 use crate::tasks::prompt::{build_prompts, Prompt};
 use crate::tasks::{Item, Metric, SplitInfo, SplitMix64, Task, TieBreak};
 use crate::tokenizer::Tokenizer;
@@ -316,7 +316,7 @@ pub fn score(
         let group: Vec<Vec<&Plan>> = batches_here.iter().map(|&(s, e)| order[s..e].iter().map(|&i| &plans[i]).collect()).collect();
         let inputs: Vec<(Tensor, Layout)> = group.iter().map(|b| batch_input(model, b)).collect::<Result<_>>()?;
         let passes: Vec<PassInput<'_>> = inputs.iter().map(|(ids, layout)| PassInput { ids, layout, mask }).collect();
-        let hiddens = model.forward_layers_group(&passes, false, &mut |_, _, _, _, _| Ok(()))?;
+        let hiddens = model.forward_layers_group(&passes, Keep::OUTPUT, &mut |_, _, _, _, _| Ok(()))?;
         for ((batch, &(s, e)), hidden) in group.iter().zip(batches_here).zip(hiddens) {
             let (scores, c) = score_hidden(model, batch, hidden, &fm)?;
             for (k, sc) in order[s..e].iter().zip(scores) {

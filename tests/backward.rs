@@ -245,3 +245,25 @@ fn kept_and_recomputed_activations_agree() {
         assert!(keep.ffn_dot[0].abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
     }
 }
+
+/// The bottom block's shortcut (only the gate dots, no input gradient) gives exactly the dots of
+/// the full backward, for every residual wiring of the golden variants, in f32 (the kernels'
+/// dtype) and f64.
+#[test]
+fn gate_dots_equal_the_full_backwards_dots() {
+    for v in VARIANTS {
+        for dt in [DType::F32, DType::F64] {
+            let m = f64_model(v).to_dtype(dt).unwrap();
+            let block = &m.blocks.as_resident().unwrap()[0];
+            let (b, t, d) = (2, 7, m.info.hidden);
+            let (x, dy) = (randn(&[b, t, d], 3).to_dtype(dt).unwrap(), randn(&[b, t, d], 4).to_dtype(dt).unwrap());
+            let gates = Tensor::from_slice(&(0..m.info.n_heads).map(|i| 0.5 + 0.25 * i as f32).collect::<Vec<_>>(), m.info.n_heads, &Device::Cpu).unwrap();
+            let (_, acts) = block.forward_acts(&x, &Layout::Causal, Some(&gates), 0.75).unwrap();
+            let full = block.backward(&acts, &Layout::Causal, Some(&gates), 0.75, &dy).unwrap();
+            let (h, f) = block.gate_dots(&acts, 0.75, &dy).unwrap();
+            let bits = |a: &Tensor| a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(bits(&h), bits(&full.head_dot), "{v} {dt:?}: head dots");
+            assert_eq!(bits(&f), bits(&full.ffn_dot), "{v} {dt:?}: ffn dots");
+        }
+    }
+}

@@ -105,13 +105,13 @@ fn check_attention(name: &str, a: &Attention, layout: &Layout, gate: Option<&Ten
     close(&format!("{name}: q"), &acts.q, &cacts.q);
     close(&format!("{name}: k"), &acts.k, &cacts.k);
     close(&format!("{name}: v"), &acts.v, &cacts.v);
-    close(&format!("{name}: pattern"), &acts.pattern, &cacts.pattern);
+    close(&format!("{name}: pattern"), acts.pattern().unwrap(), cacts.pattern().unwrap());
     close(&format!("{name}: z"), &acts.z, &cacts.z);
     close(&format!("{name}: dx"), &dx, &cdx);
     close(&format!("{name}: head dots"), &dots, &cdots);
     // Masked entries are exactly 0 in both.
-    let zeros_f = acts.pattern.eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-    let zeros_c = cacts.pattern.eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let zeros_f = acts.pattern().unwrap().eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let zeros_c = cacts.pattern().unwrap().eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(zeros_f, zeros_c, "{name}: masked entries");
 }
 
@@ -137,6 +137,32 @@ fn attention_adjacent_pairs_on_a_tree_layout() {
     check_attention("adjacent pairs, tree", &a, &layout, None, 2, 12, 16);
 }
 
+/// Tree layouts through the tiled kernel across row blocks (a prefix longer than a block, a
+/// window, padding rows); a bias that shows a query a later key is refused (composed path).
+#[test]
+fn attention_tiled_tree_layouts() {
+    let bias_of = |l: &Layout| match l {
+        Layout::Custom { bias, .. } => bias.clone(),
+        Layout::Causal => unreachable!(),
+    };
+    let rows = [TreeRow { prefix: 70, branches: vec![30, 41] }, TreeRow { prefix: 3, branches: vec![60, 2, 9] }];
+    let t = 150;
+    for window in [None, Some(50)] {
+        let layout = Layout::tree(&rows, t, window, &Device::Cpu).unwrap();
+        let probe = randn(&[2, 2, t, 8], 3);
+        assert!(kernels::causal_attention(&probe, &probe, &probe, kernels::RowMask::Bias(&bias_of(&layout)), false).is_some(), "tiled kernel path taken");
+        let a = attention(6, 3, 8, 24, Some((RopeStyle::RotateHalf, 8)), window);
+        let gate = Tensor::new(&[1f32, 0.0, 0.5, 1.0, 2.0, 1.0], &Device::Cpu).unwrap();
+        check_attention(&format!("tiled tree window {window:?}"), &a, &layout, Some(&gate), 2, t, 24);
+    }
+    // Row 3 of batch row 1 sees key 5: not a causal-bounded bias.
+    let mut v = bias_of(&Layout::tree(&rows, t, None, &Device::Cpu).unwrap()).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[(t + 3) * t + 5] = 0.0;
+    let leaky = Tensor::from_vec(v, (2, 1, t, t), &Device::Cpu).unwrap();
+    let probe = randn(&[2, 2, t, 8], 3);
+    assert!(kernels::causal_attention(&probe, &probe, &probe, kernels::RowMask::Bias(&leaky), false).is_none());
+}
+
 /// The tiled causal kernel across several row blocks (T > BLOCK_ROWS, a last block cut short),
 /// with GQA, a sliding window shorter than a block and one longer, gates and RoPE.
 #[test]
@@ -144,11 +170,11 @@ fn attention_tiled_causal_across_row_blocks() {
     let t = 2 * kernels::BLOCK_ROWS + 23;
     let probe = randn(&[1, 2, t, 8], 3);
     let kv = randn(&[1, 1, t, 8], 4);
-    assert!(kernels::causal_attention(&probe, &kv, &kv, None, false).is_some(), "tiled kernel path taken");
-    assert!(kernels::composed(|| kernels::causal_attention(&probe, &kv, &kv, None, false)).is_none());
+    assert!(kernels::causal_attention(&probe, &kv, &kv, kernels::RowMask::Causal { window: None }, false).is_some(), "tiled kernel path taken");
+    assert!(kernels::composed(|| kernels::causal_attention(&probe, &kv, &kv, kernels::RowMask::Causal { window: None }, false)).is_none());
     // Without the pattern, z is the same.
-    let (p, z) = kernels::causal_attention(&probe, &kv, &kv, Some(40), true).unwrap().unwrap();
-    let (none, z2) = kernels::causal_attention(&probe, &kv, &kv, Some(40), false).unwrap().unwrap();
+    let (p, z) = kernels::causal_attention(&probe, &kv, &kv, kernels::RowMask::Causal { window: Some(40) }, true).unwrap().unwrap();
+    let (none, z2) = kernels::causal_attention(&probe, &kv, &kv, kernels::RowMask::Causal { window: Some(40) }, false).unwrap().unwrap();
     assert!(p.is_some() && none.is_none());
     assert_eq!(rel_diff(&z, &z2), 0.0);
     let gate = Tensor::new(&[1f32, 0.0, 0.5, 1.0, 2.0, 1.0], &Device::Cpu).unwrap();
@@ -158,6 +184,26 @@ fn attention_tiled_causal_across_row_blocks() {
     }
     let a = attention(4, 4, 8, 16, None, None);
     check_attention("tiled mha", &a, &Layout::Causal, None, 1, kernels::BLOCK_ROWS, 16);
+}
+
+/// Products summed in the gemm (forward with bias: `b + x W^T`; input gradients `dy1 W1 + dy2 W2`)
+/// against the composed matmuls and adds.
+#[test]
+fn linear_sums_match_matmuls_and_adds() {
+    let (w1, w2, bias) = (randn(&[11, 7], 1), randn(&[11, 5], 2), randn(&[11], 3));
+    let x = randn(&[2, 3, 7], 4);
+    let f = kernels::linear_sum(&[kernels::Product { a: &x, w: &w1, transpose_w: true }], Some(&bias)).unwrap().unwrap();
+    let c = x.reshape((6, 7)).unwrap().matmul(&w1.t().unwrap()).unwrap().broadcast_add(&bias).unwrap().reshape((2, 3, 11)).unwrap();
+    close("b + x W^T", &f, &c);
+    let (dy1, dy2) = (randn(&[2, 3, 11], 5), randn(&[2, 3, 11], 6));
+    let (a1, a2) = (randn(&[6, 11], 7), randn(&[6, 11], 8));
+    let (v1, v2) = (randn(&[11, 9], 9), randn(&[11, 9], 10));
+    let f = kernels::linear_sum(&[kernels::Product { a: &a1, w: &v1, transpose_w: false }, kernels::Product { a: &a2, w: &v2, transpose_w: false }], None).unwrap().unwrap();
+    let c = (a1.matmul(&v1).unwrap() + a2.matmul(&v2).unwrap()).unwrap();
+    close("dy1 W1 + dy2 W2", &f, &c);
+    // mismatched inner sizes are refused (the caller composes), never read out of bounds
+    assert!(kernels::linear_sum(&[kernels::Product { a: &dy1, w: &v1, transpose_w: true }], None).is_none());
+    assert!(kernels::linear_sum(&[kernels::Product { a: &a1, w: &v1, transpose_w: false }, kernels::Product { a: &dy2, w: &w2, transpose_w: false }], None).is_none());
 }
 
 #[test]

@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use headroom::model::{Capture, Layout, Mask, Model};
+use headroom::model::{Capture, Keep, Layout, Mask, Model};
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
@@ -29,9 +29,9 @@ fn capture_forward_acts_and_layer_loop_agree_on_every_wiring() {
         let gates = m.head_gates(Some(&mask)).unwrap();
         let mut x = m.embed.forward(&ids, &Layout::Causal).unwrap();
         let looped = m
-            .forward_layers(&ids, &Layout::Causal, Some(&mask), false, &mut |l, block, acts, g| {
+            .forward_layers(&ids, &Layout::Causal, Some(&mask), Keep { removed_ffn: false, pattern: true }, &mut |l, block, acts, g| {
                 let c = &cap.layers[l];
-                assert_eq!(max_abs(&acts.attn.pattern, c.attn_probs.as_ref().unwrap()), 0.0, "{variant} layer {l} pattern");
+                assert_eq!(max_abs(acts.attn.pattern().unwrap(), c.attn_probs.as_ref().unwrap()), 0.0, "{variant} layer {l} pattern");
                 let heads = block.attn.gated_heads(&acts.attn.z, g).unwrap();
                 assert_eq!(max_abs(&heads, c.head_outputs.as_ref().unwrap()), 0.0, "{variant} layer {l} head outputs");
                 assert_eq!(acts.mlp_out.is_none(), l == 0, "{variant} layer {l}: a removed FFN is skipped in a plain forward");
@@ -39,6 +39,14 @@ fn capture_forward_acts_and_layer_loop_agree_on_every_wiring() {
             })
             .unwrap();
         assert_eq!(max_abs(&looped, &hidden), 0.0, "{variant} layer loop vs forward_hidden");
+        // A plain forward keeps no pattern and gives the same output.
+        let bare = m
+            .forward_layers(&ids, &Layout::Causal, Some(&mask), Keep::OUTPUT, &mut |l, _, acts, _| {
+                assert!(acts.attn.pattern.is_none(), "{variant} layer {l}: Keep::OUTPUT keeps no pattern");
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(max_abs(&bare, &hidden), 0.0, "{variant}: the forward without patterns");
         for (l, block) in m.blocks.as_resident().unwrap().iter().enumerate() {
             let ffn_gate = m.ffn_gate(Some(&mask), l);
             let plain = block.forward(&x, &Layout::Causal, gates[l].as_ref(), ffn_gate, None).unwrap();

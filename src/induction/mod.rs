@@ -98,7 +98,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::model::{Block, Capture, Layout, Model, PassInput};
+use crate::model::{Block, Capture, Keep, Layout, Model, PassInput};
 use crate::tokenizer::Tokenizer;
 
 // ------------------------------------------------------------------------------------------------
@@ -521,12 +521,12 @@ pub fn prefix_matching(model: &Model, seqs: &[InductionSeq], mode: PrefixMode, o
         let targets: Vec<Vec<Vec<u32>>> = group.clone().map(|s| tl_targets(&seqs[s].ids)).collect();
         // The model's own layer loop; each layer's record is dropped after scoring, so only one
         // layer's attention `[1, H, T, T]` per sequence is held at once.
-        model.forward_layers_group(&passes, false, &mut |k, l, _, acts, _| {
+        model.forward_layers_group(&passes, Keep { removed_ffn: false, pattern: true }, &mut |k, l, _, acts, _| {
             let s = group.start + k;
             let seq = &seqs[s];
             let t = seq.ids.len();
             // [1, H, T, T] read in place; heads scored in parallel (the kernels are idle meanwhile).
-            let scores = with_f32(&acts.attn.pattern, |buf| {
+            let scores = with_f32(acts.attn.pattern()?, |buf| {
                 per_head(nh, |h| {
                     let a = head_slice(buf, h, t);
                     (prefix_score(a, t, seq.offset, seq.len, mode), tl_induction_score_at(a, t, &targets[k]))
@@ -608,8 +608,8 @@ fn direct_path_of(model: &Model, block: &Block, l: usize, inputs: &DirectInputs,
     let e = inputs.e.to_device(dev)?; // [1, T, D] on the layer's device
     // The block's own attention half on the embeddings alone: ln1(e) for pre-norm and parallel
     // blocks, e itself for post-norm (OPT-350m: no norm before attention, spec 9.16).
-    let (_, _, acts) = block.attention_half(&e, &Layout::Causal, None)?;
-    let probs = acts.pattern.squeeze(0)?; // [H, T, T]
+    let (_, _, acts) = block.attention_half(&e, &Layout::Causal, None, true)?;
+    let probs = acts.pattern()?.squeeze(0)?; // [H, T, T]
     // Per query head, the vector its out_proj slice reads: [H, T, hd].
     let per_head = match mode {
         // The value of the token at each position (not attention-weighted); under GQA query

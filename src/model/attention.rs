@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor, D};
 
 use super::layout::{causal_mask, Layout};
 use super::kernels;
-use super::linear::{matmul, Linear};
+use super::linear::{backward_sum, matmul, Linear};
 use super::rope::Rope;
 use super::widen;
 
@@ -59,13 +59,20 @@ pub struct AttnActs {
     pub v: Tensor,
     /// Post-softmax attention probabilities `[B, H, T, T]` (row = query), before the head gate,
     /// in the wide dtype (f32 for bf16/f16 compute): the softmax's own output, which its
-    /// backward, capture and the induction scores read.
-    pub pattern: Tensor,
+    /// backward, capture and the induction scores read ([`AttnActs::pattern`]). None when the
+    /// forward was asked not to keep it (a plain forward: the tiled kernel then never writes
+    /// the `[T, T]` rows out).
+    pub pattern: Option<Tensor>,
     /// Per-head outputs `A_h v_h` before the head gate `[B, H, T, hd]`.
     pub z: Tensor,
 }
 
 impl AttnActs {
+    /// The kept pattern `[B, H, T, T]`; an error when the forward did not keep it.
+    pub fn pattern(&self) -> Result<&Tensor> {
+        self.pattern.as_ref().ok_or_else(|| anyhow::anyhow!("internal: this forward did not keep the attention pattern (Keep::pattern)"))
+    }
+
     /// The values as each query head reads them, `[B, H, T, hd]` (kv head h / (H/KV) repeated
     /// for its query heads, transformers' repeat_kv): a copy under GQA, for readers that index
     /// by query head (induction's copying scores), never in the forward or backward.
@@ -84,12 +91,18 @@ impl Attention {
     /// 0 removes the head entirely (value bias included), the output bias stays (spec 2.3).
     /// With GQA the gate is per query head.
     pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>) -> Result<Tensor> {
-        Ok(self.forward_acts(x, layout, head_gate)?.0)
+        Ok(self.forward_keeping(x, layout, head_gate, false)?.0)
     }
 
     /// The forward, also returning the activations its backward (and capture) read. Holding
     /// them costs nothing extra: they are the forward's own intermediates (reference-counted).
     pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>) -> Result<(Tensor, AttnActs)> {
+        self.forward_keeping(x, layout, head_gate, true)
+    }
+
+    /// [`Attention::forward_acts`], keeping the pattern only when `keep_pattern` (the tiled
+    /// kernel then never writes it out; the composed path computes it and drops it).
+    pub fn forward_keeping(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, keep_pattern: bool) -> Result<(Tensor, AttnActs)> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kv;
@@ -122,25 +135,19 @@ impl Attention {
                 (if after { q } else { scale_by(&q, self.scale)? }, k, v) // q * scale   [B, H, T, hd]
             }
         };
-        // f32 CPU, causal: the tiled kernel computes the scores, softmax and A v block by block,
-        // never the keys above the diagonal (kernels/attention.rs).
-        if let (false, Layout::Causal) = (after, layout) {
-            if let Some(r) = kernels::causal_attention(&qs, &k, &v, self.sliding_window, true) {
-                let (pattern, o) = r?;
-                let pattern = pattern.ok_or_else(|| anyhow::anyhow!("internal: the causal kernel kept no pattern"))?;
-                let y = self.o.forward(&self.gated_heads(&o, head_gate)?)?;
-                return Ok((y, AttnActs { q: qs, k, v, pattern, z: o }));
-            }
+        let mask = self.row_mask(layout);
+        // f32 CPU: the tiled kernel computes the scores, softmax and A v block by block, never
+        // the keys above the diagonal (kernels/attention.rs).
+        if let Some(r) = (!after).then(|| kernels::causal_attention(&qs, &k, &v, mask, keep_pattern)).flatten() {
+            let (pattern, o) = r?;
+            let y = self.o.forward(&self.gated_heads(&o, head_gate)?)?;
+            return Ok((y, AttnActs { q: qs, k, v, pattern, z: o }));
         }
         // The score matmul runs in the compute dtype; the scores are then widened (f32 for
         // bf16/f16) before the bias and the softmax, as transformers' eager attention does
         // (`softmax(..., dtype=float32)`): a half-precision softmax over long rows loses the
         // small probabilities. The 0 / -inf bias is f32 and exact in any dtype.
         let raw = ungroup(&matmul(&grouped(&qs, rep)?, &k.t()?)?, rep)?; // q k^T   [B, H, T, T]
-        let mask = match layout {
-            Layout::Causal => kernels::RowMask::Causal { window: self.sliding_window },
-            Layout::Custom { bias, .. } => kernels::RowMask::Bias(bias),
-        };
         let probs = match (!after).then(|| kernels::masked_softmax(&raw, mask)).flatten() {
             Some(p) => p?, // A = softmax(S + bias), one pass per row
             None => {
@@ -156,7 +163,15 @@ impl Attention {
         let o = ungroup(&matmul(&grouped(&probs.to_dtype(x.dtype())?, rep)?, &v)?, rep)?; // o = A v   [B, H, T, hd]
         let og = self.gated_heads(&o, head_gate)?; // [B, T, H*hd]
         let y = self.o.forward(&og)?; // out = concat_h(g_h o_h) Wo + bo
-        Ok((y, AttnActs { q: qs, k, v, pattern: probs, z: o }))
+        Ok((y, AttnActs { q: qs, k, v, pattern: keep_pattern.then_some(probs), z: o }))
+    }
+
+    /// Which keys each query row sees, as the fused kernels take it.
+    fn row_mask<'a>(&self, layout: &'a Layout) -> kernels::RowMask<'a> {
+        match layout {
+            Layout::Causal => kernels::RowMask::Causal { window: self.sliding_window },
+            Layout::Custom { bias, .. } => kernels::RowMask::Bias(bias),
+        }
     }
 
     /// Per-head outputs z `[B, H, T, hd]` times the head gate, concatenated: the input of the
@@ -221,30 +236,15 @@ impl Attention {
     pub fn backward(&self, a: &AttnActs, layout: &Layout, head_gate: Option<&Tensor>, dy: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = dy.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let split = |y: Tensor, n: usize| -> Result<Tensor> {
-            match kernels::split_heads(&y, n, hd, None, None) {
-                Some(s) => s,
-                None => Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?),
-            }
-        };
-        // out = concat_h(g_h o_h) Wo + bo  =>  d(g o) = dy Wo
         let dt = dy.dtype();
-        let d_go = split(self.o.backward(dy)?, h)?; //   [B, H, T, hd]
-        // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]: the importance dot, products and the sum over
-        // hd in the wide dtype (f32 for bf16/f16), never rounded to half precision.
-        let head_dot = match kernels::row_dots(&a.z, &d_go) {
-            Some(d) => d?,
-            None => (widen(&a.z)? * widen(&d_go)?)?.sum(D::Minus1)?,
-        };
+        let (d_go, head_dot) = self.gated_heads_grad(a, dy)?;
         let d_o = match head_gate {
             Some(g) => d_go.broadcast_mul(&g.to_dtype(dt)?.reshape((1, h, 1, 1))?)?,
             None => d_go,
         };
         let after = self.scales_scores(dt);
-        let tiled = match (after, layout) {
-            (false, Layout::Causal) => kernels::causal_attention_backward(&a.pattern, &a.q, &a.k, &a.v, &d_o, self.sliding_window),
-            _ => None,
-        };
+        let pattern = a.pattern()?;
+        let tiled = (!after).then(|| kernels::causal_attention_backward(pattern, &a.q, &a.k, &a.v, &d_o, self.row_mask(layout))).flatten();
         let (d_q, d_k, d_v) = match tiled {
             Some(g) => g?, // the tiled kernel: the same products on the visible keys only
             None => self.scores_backward(a, &d_o, after)?,
@@ -274,12 +274,37 @@ impl Attention {
             }
         };
         // q, k, v = x W + b  =>  dx = dq Wq + dk Wk + dv Wv
-        let dx = ((self.q.backward(&d_q)? + self.k.backward(&d_k)?)? + self.v.backward(&d_v)?)?;
+        let dx = backward_sum(&[(&self.q, &d_q), (&self.k, &d_k), (&self.v, &d_v)])?;
         Ok((dx, head_dot))
     }
 }
 
 impl Attention {
+    /// The head dots alone `[B, H, T]` (what importance reads from the bottom layer, whose input
+    /// gradient nothing needs): the backward up to the head gates, no further.
+    pub fn head_dots(&self, a: &AttnActs, dy: &Tensor) -> Result<Tensor> {
+        Ok(self.gated_heads_grad(a, dy)?.1)
+    }
+
+    /// dy `[B, T, D]` -> (d(g o) `[B, H, T, hd]`, the head dots `[B, H, T]`).
+    fn gated_heads_grad(&self, a: &AttnActs, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = dy.dims3()?;
+        let (h, hd) = (self.n_heads, self.head_dim);
+        // out = concat_h(g_h o_h) Wo + bo  =>  d(g o) = dy Wo
+        let d_go = self.o.backward(dy)?;
+        let d_go = match kernels::split_heads(&d_go, h, hd, None, None) {
+            Some(s) => s?,
+            None => d_go.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?,
+        }; // [B, H, T, hd]
+        // <o_t, d(g o)_t> = dL/dg_t   [B, H, T]: the importance dot, products and the sum over
+        // hd in the wide dtype (f32 for bf16/f16), never rounded to half precision.
+        let head_dot = match kernels::row_dots(&a.z, &d_go) {
+            Some(d) => d?,
+            None => (widen(&a.z)? * widen(&d_go)?)?.sum(D::Minus1)?,
+        };
+        Ok((d_go, head_dot))
+    }
+
     /// The composed backward from d_o `[B, H, T, hd]` (the gated heads' gradient) to
     /// (dq `[B, H, T, hd]`, dk and dv `[B, KV, T, hd]`), dq and dk before the scale and RoPE.
     fn scores_backward(&self, a: &AttnActs, d_o: &Tensor, after: bool) -> Result<(Tensor, Tensor, Tensor)> {
@@ -289,16 +314,17 @@ impl Attention {
         // it as in the forward; grouped, so dv sums over the query heads of its kv head)
         let d_o_g = grouped(d_o, rep)?; // [B, KV, rep*T, hd]
         let d_probs = ungroup(&matmul(&d_o_g, &a.v.t()?)?, rep)?; // [B, H, T, T]
-        let d_v = matmul(&grouped(&a.pattern.to_dtype(dt)?, rep)?.t()?, &d_o_g)?; // [B, KV, T, hd]
+        let pattern = a.pattern()?;
+        let d_v = matmul(&grouped(&pattern.to_dtype(dt)?, rep)?.t()?, &d_o_g)?; // [B, KV, T, hd]
         // A = softmax(S)  =>  dS = A * (dA - rowsum(dA * A))   (masked entries have A = 0);
         // in the softmax's wide dtype, rounded to the compute dtype once (PyTorch's autograd
         // through `softmax(dtype=float32)` does the same).
-        let d_scores = match kernels::softmax_backward(&a.pattern, &d_probs) {
+        let d_scores = match kernels::softmax_backward(pattern, &d_probs) {
             Some(d) => d?,
             None => {
                 let d_probs = widen(&d_probs)?;
-                let row = (&d_probs * &a.pattern)?.sum_keepdim(D::Minus1)?;
-                (&a.pattern * d_probs.broadcast_sub(&row)?)?.to_dtype(dt)?
+                let row = (&d_probs * pattern)?.sum_keepdim(D::Minus1)?;
+                (pattern * d_probs.broadcast_sub(&row)?)?.to_dtype(dt)?
             }
         };
         // S = (q scale) k^T  =>  dq = dS k scale,  dk = dS^T (q scale)

@@ -17,7 +17,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
 
-use super::blocks::{BlockActs, Layout};
+use super::blocks::{BlockActs, Keep, Layout};
 use super::{Mask, Model, PassInput};
 
 /// The tokens of one example whose log-likelihood is the loss: positions `start..start+len` of
@@ -133,7 +133,8 @@ impl Model {
         // or only its input (resid_pre), per input.
         let mut saved: Vec<Vec<Result<BlockActs, Tensor>>> = inputs.iter().map(|_| Vec::with_capacity(self.n_layers())).collect();
         let passes: Vec<PassInput<'_>> = inputs.iter().map(|i| i.pass).collect();
-        let xs = self.forward_layers_group(&passes, keep, &mut |k, _, _, acts, _| {
+        // Recomputing blocks keep only resid_pre, so their forward need not keep the rest.
+        let xs = self.forward_layers_group(&passes, if keep { Keep::FOR_BACKWARD } else { Keep::OUTPUT }, &mut |k, _, _, acts, _| {
             saved[k].push(if keep { Ok(acts) } else { Err(acts.resid_pre) });
             Ok(())
         })?;
@@ -156,14 +157,21 @@ impl Model {
             for k in 0..n_in {
                 let dy = dxs[k].to_device(dev)?;
                 let (g, fg, lay) = (gates[k][l].as_ref(), self.ffn_gate(inputs[k].pass.mask, l), layouts[k].get(dev));
-                let gr = match saved[k].pop() {
-                    Some(Ok(acts)) => block.backward(&acts, lay, g, fg, &dy)?,
-                    Some(Err(input)) => block.backward_recompute(&input, lay, g, fg, &dy)?,
+                let acts = match saved[k].pop() {
+                    Some(Ok(acts)) => acts,
+                    Some(Err(input)) => block.forward_acts(&input, lay, g, fg)?.1, // recompute
                     None => bail!("internal: missing saved activations for layer {l}"),
                 };
-                dxs[k] = gr.dx;
-                head_dot[k][l] = Some(gr.head_dot);
-                ffn_dot[k][l] = Some(gr.ffn_dot);
+                // The bottom block's input gradient is read by nothing (no gates below it).
+                let (h, f) = if l == 0 {
+                    block.gate_dots(&acts, fg, &dy)?
+                } else {
+                    let gr = block.backward(&acts, lay, g, fg, &dy)?;
+                    dxs[k] = gr.dx;
+                    (gr.head_dot, gr.ffn_dot)
+                };
+                head_dot[k][l] = Some(h);
+                ffn_dot[k][l] = Some(f);
             }
             Ok(())
         })?;

@@ -76,6 +76,22 @@ pub struct BlockActs {
     pub resid_post_unnormed: Option<Tensor>,
 }
 
+/// What a block forward keeps in its record beyond what the next block reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keep {
+    /// Compute an FFN whose gate is 0 (its gate gradient is defined and wanted) rather than skip it.
+    pub removed_ffn: bool,
+    /// The attention pattern `[B, H, T, T]`, which the backward, captures and induction read.
+    pub pattern: bool,
+}
+
+impl Keep {
+    /// A plain forward: only the output matters.
+    pub const OUTPUT: Keep = Keep { removed_ffn: false, pattern: false };
+    /// Everything the backward reads.
+    pub const FOR_BACKWARD: Keep = Keep { removed_ffn: true, pattern: true };
+}
+
 /// A block's input gradient and its gate dots.
 pub struct BlockGrads {
     /// dL/dx of the block input `[B, T, D]`.
@@ -103,7 +119,7 @@ impl LayerCapture {
     /// Takes what was asked for from a block's record.
     pub fn record(&mut self, block: &Block, acts: &BlockActs, head_gate: Option<&Tensor>) -> Result<()> {
         if self.record_attn_probs {
-            self.attn_probs = Some(acts.attn.pattern.clone());
+            self.attn_probs = Some(acts.attn.pattern()?.clone());
         }
         if self.record_head_outputs {
             self.head_outputs = Some(block.attn.gated_heads(&acts.attn.z, head_gate)?);
@@ -116,7 +132,8 @@ impl Block {
     /// x `[B, T, D]` -> `[B, T, D]`. `head_gate` `[H]` (None = all heads kept);
     /// `ffn_gate` scales the FFN branch output; exactly 0 skips the branch (norm included).
     pub fn forward(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, capture: Option<&mut LayerCapture>) -> Result<Tensor> {
-        let (y, acts) = self.run(x, layout, head_gate, ffn_gate, false)?;
+        let keep = Keep { removed_ffn: false, pattern: capture.as_ref().is_some_and(|c| c.record_attn_probs) };
+        let (y, acts) = self.run(x, layout, head_gate, ffn_gate, keep)?;
         if let Some(c) = capture {
             c.record(self, &acts, head_gate)?;
         }
@@ -126,24 +143,25 @@ impl Block {
     /// The block forward keeping what its backward reads. Unlike [`Block::forward`], a removed
     /// FFN (gate 0) is still computed: its gate gradient is defined and wanted.
     pub fn forward_acts(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32) -> Result<(Tensor, BlockActs)> {
-        self.run(x, layout, head_gate, ffn_gate, true)
+        self.run(x, layout, head_gate, ffn_gate, Keep::FOR_BACKWARD)
     }
 
     /// The attention half every wiring shares: (ln1 = the attention input, attn_out `[B, T, D]`,
     /// the attention's record). Also induction's direct path, run on the embeddings alone.
-    pub fn attention_half(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>) -> Result<(Tensor, Tensor, AttnActs)> {
+    pub fn attention_half(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, keep_pattern: bool) -> Result<(Tensor, Tensor, AttnActs)> {
         let ln1 = if self.residual.norms_attention_input() { self.attn_norm.forward(x)? } else { x.clone() };
-        let (attn_out, attn) = self.attn.forward_acts(&ln1, layout, head_gate)?;
+        let (attn_out, attn) = self.attn.forward_keeping(&ln1, layout, head_gate, keep_pattern)?;
         Ok((ln1, attn_out, attn))
     }
 
-    /// The one forward: x -> (block output, activation record). `keep_removed_ffn` computes an
+    /// The one forward: x -> (block output, activation record). `keep.removed_ffn` computes an
     /// FFN whose gate is 0 (the gradient pass wants its gate gradient); otherwise it is skipped.
+    /// `keep.pattern` keeps the attention pattern in the record.
     /// A gate of 1 adds the branch output unscaled (bit-identical either way: f * 1 = f).
-    pub fn run(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, keep_removed_ffn: bool) -> Result<(Tensor, BlockActs)> {
+    pub fn run(&self, x: &Tensor, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, keep: Keep) -> Result<(Tensor, BlockActs)> {
         // f = mlp(inp): (f, its pre-activations, g f), or None when the branch is skipped.
         let ffn = |inp: &Tensor| -> Result<Option<(Tensor, MlpActs, Tensor)>> {
-            if ffn_gate == 0.0 && !keep_removed_ffn {
+            if ffn_gate == 0.0 && !keep.removed_ffn {
                 return Ok(None);
             }
             let (f, acts) = self.mlp.forward_acts(inp)?;
@@ -157,7 +175,7 @@ impl Block {
             })
         };
         // resid_mid = x + attn(ln1)   (ln1 = n1(x), or x for post-norm)
-        let (ln1, attn_out, attn) = self.attention_half(x, layout, head_gate)?;
+        let (ln1, attn_out, attn) = self.attention_half(x, layout, head_gate, keep.pattern)?;
         let resid_mid = (x + &attn_out)?;
         let (y, branch, resid_post_unnormed) = match self.residual {
             Residual::PreNorm => {
@@ -225,6 +243,36 @@ impl Block {
                 let dx = ((dy + self.attn_norm.backward(x, &dn1)?)? + self.ffn_norm.backward(x, &dn2)?)?;
                 Ok(BlockGrads { dx, head_dot, ffn_dot })
             }
+        }
+    }
+
+    /// The gate dots alone, (head dots `[B, H, T]`, FFN dots `[B, T]`), for a block whose input
+    /// gradient nothing reads (the bottom block: the embeddings have no gates). The same lines
+    /// as [`Block::backward`] (so the same numbers), stopping where the dots are known: the
+    /// attention's backward below its head gates, the bottom norm and, for parallel blocks, the
+    /// whole FFN backward are skipped. The head gates do not enter: each dot is taken before its
+    /// gate multiplies (spec 2.3).
+    pub fn gate_dots(&self, acts: &BlockActs, ffn_gate: f32, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let g = ffn_gate as f64;
+        let skipped = || anyhow!("internal: the block's FFN was skipped in this forward; the backward needs Block::forward_acts");
+        let f = acts.mlp_out.as_ref().ok_or_else(skipped)?;
+        let mlp = acts.mlp.as_ref().ok_or_else(skipped)?;
+        match self.residual {
+            Residual::PreNorm => {
+                let ffn_dot = ffn_dot(f, dy)?;
+                let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
+                let dx1 = (dy + self.ffn_norm.backward(&acts.resid_mid, &dn2)?)?;
+                Ok((self.attn.head_dots(&acts.attn, &dx1)?, ffn_dot))
+            }
+            Residual::PostNorm => {
+                let z2 = acts.resid_post_unnormed.as_ref().ok_or_else(|| anyhow!("internal: post-norm activations lack ln2's input"))?;
+                let dz2 = self.ffn_norm.backward(z2, dy)?;
+                let ffn_dot = ffn_dot(f, &dz2)?;
+                let dy1 = (&dz2 + self.mlp.backward(mlp, &(&dz2 * g)?)?)?;
+                let dz1 = self.attn_norm.backward(&acts.resid_mid, &dy1)?;
+                Ok((self.attn.head_dots(&acts.attn, &dz1)?, ffn_dot))
+            }
+            Residual::Parallel => Ok((self.attn.head_dots(&acts.attn, dy)?, ffn_dot(f, dy)?)),
         }
     }
 

@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 
 pub use super::activation::Activation;
 pub use super::attention::{softmax_last_dim, Attention, AttnActs};
-pub use super::block::{Block, BlockActs, BlockGrads, LayerCapture, Residual};
+pub use super::block::{Block, BlockActs, BlockGrads, Keep, LayerCapture, Residual};
 pub use super::embeddings::Embeddings;
 pub use super::head::LmHead;
 pub use super::layout::{causal_mask, Layout, TreeRow};

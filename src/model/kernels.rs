@@ -615,6 +615,16 @@ multiversion! {
 multiversion! {
     /// dg = act'(g) (da u), du = act(g) da.
     fn glu_backward_rows(g: &[f32], u: &[f32], da: &[f32], dg: &mut [f32], du: &mut [f32], act: u8) {
+        if act == ACT_SILU {
+            // One exp for both: s = sigmoid(g), silu = g s, silu' = s (1 + g (1 - s)).
+            for j in 0..dg.len() {
+                let x = g[j];
+                let s = 1.0 / (exp(-x) + 1.0);
+                dg[j] = s * (x * (1.0 - s) + 1.0) * (da[j] * u[j]);
+                du[j] = x * s * da[j];
+            }
+            return;
+        }
         for j in 0..dg.len() {
             dg[j] = act_d(act, g[j]) * (da[j] * u[j]);
             du[j] = act_f(act, g[j]) * da[j];
@@ -672,6 +682,69 @@ pub fn glu_backward(act: Activation, g: &Tensor, u: &Tensor, da: &Tensor) -> Opt
 pub fn act_backward(act: Activation, x: &Tensor, dy: &Tensor) -> Option<Result<Tensor>> {
     let code = act_code(act)?;
     zip2(x, dy, |a, b, o| act_backward_rows(a, b, o, code))
+}
+
+// ---- linear layers: products summed in the gemm ------------------------------------------------
+
+/// One product term of [`linear_sum`]: `a [M, K] · W^T` for an `nn.Linear` weight W `[N, K]`
+/// (the forward), or `a [M, K] · W` for W `[K, N]` (the input gradient, `dy W`).
+pub struct Product<'a> {
+    pub a: &'a Tensor,
+    pub w: &'a Tensor,
+    pub transpose_w: bool,
+}
+
+/// `out [M, N] = bias + sum_i a_i op(W_i)`: every product accumulated by gemm into one output
+/// (the first writes it, or adds to the broadcast bias, the rest add), instead of one matmul per
+/// term and an element-wise add (and a bias add) between them, each a pass over `[M, N]` and a
+/// new buffer. Why: the FFN's `dg W_gate + du W_up` and the attention's `dq W_q + dk W_k + dv W_v`
+/// were three and five passes; a Linear's bias was one more. The a_i are `[.., K_i]`, flattened.
+pub fn linear_sum(terms: &[Product<'_>], bias: Option<&Tensor>) -> Option<Result<Tensor>> {
+    let first = terms.first()?;
+    let n = if first.transpose_w { first.w.dims2().ok()?.0 } else { first.w.dims2().ok()?.1 };
+    let m = first.a.elem_count() / first.a.dims().last().copied().filter(|&k| k > 0)?;
+    if m == 0 || n == 0 {
+        return None;
+    }
+    let views: Vec<(View<'_>, View<'_>, usize)> = terms
+        .iter()
+        .map(|p| {
+            let (r, c) = p.w.dims2().ok()?;
+            let (k, out) = if p.transpose_w { (c, r) } else { (r, c) };
+            (out == n && p.a.dims().last() == Some(&k) && p.a.elem_count() == m * k).then_some(())?;
+            Some((view(p.a)?, view(p.w)?, k))
+        })
+        .collect::<Option<_>>()?;
+    let bv = match bias {
+        Some(b) if b.dims() == [n] => Some(view(b)?),
+        Some(_) => return None,
+        None => None,
+    };
+    let mut out = match &bv {
+        // rows of the bias, then every product added onto them
+        Some(b) => {
+            let row = b.slice();
+            let mut o = output(m * n);
+            o.par_chunks_mut(rows_per_task(n) * n).for_each(|c| c.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(row)));
+            o
+        }
+        None => output(m * n),
+    };
+    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    for (i, ((av, wv, k), p)) in views.iter().zip(terms).enumerate() {
+        let (a, w) = (av.slice(), wv.slice());
+        // W^T: element (c, j) of the [K, N] operand is W[j, c]; W itself: row-major [K, N].
+        let (w_rs, w_cs) = if p.transpose_w { (1, *k as isize) } else { (n as isize, 1) };
+        let accumulate = i > 0 || bv.is_some();
+        // SAFETY: out is [m, n]; a is [m, k] row-major; w holds k * n elements addressed by
+        // (w_rs, w_cs) within bounds; out does not overlap the inputs (a fresh buffer).
+        unsafe {
+            gemm::gemm(m, n, *k, out.as_mut_ptr(), 1, n as isize, accumulate, a.as_ptr(), 1, *k as isize, w.as_ptr(), w_cs, w_rs, 1.0f32, 1.0f32, false, false, false, threads);
+        }
+    }
+    let mut dims = first.a.dims().to_vec();
+    *dims.last_mut()? = n;
+    Some(tensor(out, &dims))
 }
 
 // ---- row dots (the importance dots) ---------------------------------------------------------

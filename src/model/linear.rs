@@ -8,6 +8,7 @@
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
+use super::kernels::{self, Product};
 use super::{conv, conv_opt, widen};
 
 /// `y = x W^T + b`, HF `nn.Linear` layout. weight `[out, in]`, bias `[out]`.
@@ -38,7 +39,11 @@ impl Linear {
             // the bias before its one rounding; rounding the product first and again after the
             // bias moves a bf16 model's logits by as much as the whole bf16-vs-f32 spread).
             Some(b) if widened_gemm(x) => (widen(&x2)?.matmul(&widen(&self.weight)?.t()?)?.broadcast_add(&widen(b)?)?).to_dtype(x.dtype())?,
-            Some(b) => matmul(&x2, &self.weight.t()?)?.broadcast_add(b)?,
+            // f32 CPU: the bias rows written first and the product accumulated onto them by gemm.
+            Some(b) => match kernels::linear_sum(&[Product { a: &x2, w: &self.weight, transpose_w: true }], Some(b)) {
+                Some(y) => y?,
+                None => matmul(&x2, &self.weight.t()?)?.broadcast_add(b)?,
+            },
             None => matmul(&x2, &self.weight.t()?)?,
         };
         let mut out_dims = dims;
@@ -62,6 +67,25 @@ impl Linear {
         }
         Ok(dx.reshape(out)?)
     }
+}
+
+/// `sum_i dy_i W_i`: the input gradient of several Linears that read the same input (q, k, v;
+/// gate and up), `[..., in]`. On f32 CPU tensors one output accumulated by gemm
+/// ([`kernels::linear_sum`]); else each backward and the adds.
+pub fn backward_sum(terms: &[(&Linear, &Tensor)]) -> Result<Tensor> {
+    let products: Vec<Product<'_>> = terms.iter().map(|(l, dy)| Product { a: dy, w: &l.weight, transpose_w: false }).collect();
+    if let Some(dx) = kernels::linear_sum(&products, None) {
+        return dx;
+    }
+    let mut sum: Option<Tensor> = None;
+    for (l, dy) in terms {
+        let dx = l.backward(dy)?;
+        sum = Some(match sum {
+            Some(s) => (s + dx)?,
+            None => dx,
+        });
+    }
+    sum.ok_or_else(|| anyhow::anyhow!("internal: backward_sum of no terms"))
 }
 
 /// Whether a matmul on `x` runs as an f32 gemm over widened operands: half-precision tensors on

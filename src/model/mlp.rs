@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 
 use super::activation::Activation;
 use super::kernels;
-use super::linear::Linear;
+use super::linear::{backward_sum, Linear};
 
 /// What the FFN backward reads (the `mlp` part of a block's [`BlockActs`](super::block::BlockActs),
 /// TransformerLens's `mlp.hook_pre` / `mlp.hook_pre_linear`).
@@ -98,7 +98,7 @@ impl Mlp {
                     Some(r) => r?,
                     None => (act.backward(&acts.pre, &(&da * u)?)?, (act.forward(&acts.pre)? * &da)?),
                 };
-                Ok((gate.backward(&dg)? + up.backward(&du)?)?)
+                backward_sum(&[(gate, &dg), (up, &du)]) // dx = dg W_gate + du W_up
             }
         }
     }

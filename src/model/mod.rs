@@ -35,7 +35,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-pub use blocks::{Activation, AttnActs, Block, Embeddings, LayerCapture, Layout, LmHead, MlpActs, NormKind, Residual, RopeStyle, TreeRow};
+pub use blocks::{Activation, AttnActs, Block, Embeddings, Keep, LayerCapture, Layout, LmHead, MlpActs, NormKind, Residual, RopeStyle, TreeRow};
 pub use backward::{Activations, GateGrads, GradInput, Target};
 pub use blocks::BlockActs;
 pub use mask::Mask;
@@ -246,7 +246,8 @@ impl Model {
     /// [`Model::forward_hidden`] with explicit positions and visibility (e.g. a shared context
     /// with one branch per answer option, [`Layout::tree`]).
     pub fn forward_hidden_with(&self, ids: &Tensor, layout: &Layout, mask: Option<&Mask>, mut capture: Option<&mut Capture>) -> Result<Tensor> {
-        self.forward_layers(ids, layout, mask, false, &mut |l, block, acts, head_gate| match capture.as_deref_mut().and_then(|c| c.layers.get_mut(l)) {
+        let pattern = capture.as_ref().is_some_and(|c| c.layers.iter().any(|l| l.record_attn_probs));
+        self.forward_layers(ids, layout, mask, Keep { removed_ffn: false, pattern }, &mut |l, block, acts, head_gate| match capture.as_deref_mut().and_then(|c| c.layers.get_mut(l)) {
             Some(c) => c.record(block, &acts, head_gate),
             None => Ok(()),
         })
@@ -256,18 +257,18 @@ impl Model {
     /// use it): ids `[B, T]` -> residual stream after the last block `[B, T, D]`, each block run
     /// by [`Block::run`]. `on_layer(l, block, acts, head_gate)` receives block l's activation
     /// record as soon as it is made and decides what to keep; dropping it keeps one layer's
-    /// activations alive at a time. `keep_removed_ffn` computes FFNs whose gate is 0 (for their
-    /// gradient).
+    /// activations alive at a time. `keep` says what the records hold beyond the output
+    /// ([`Keep`]: FFNs whose gate is 0, for their gradient; the attention pattern).
     pub fn forward_layers(
         &self,
         ids: &Tensor,
         layout: &Layout,
         mask: Option<&Mask>,
-        keep_removed_ffn: bool,
+        keep: Keep,
         on_layer: &mut OnLayer<'_>,
     ) -> Result<Tensor> {
         let input = PassInput { ids, layout, mask };
-        let mut out = self.forward_layers_group(std::slice::from_ref(&input), keep_removed_ffn, &mut |_, l, block, acts, g| on_layer(l, block, acts, g))?;
+        let mut out = self.forward_layers_group(std::slice::from_ref(&input), keep, &mut |_, l, block, acts, g| on_layer(l, block, acts, g))?;
         out.pop().context("internal: a group of one input gave no output")
     }
 
@@ -276,7 +277,7 @@ impl Model {
     /// numbers are identical); streamed, each block is materialised once for the whole group
     /// instead of once per input, which is what makes streaming affordable. Memory: every
     /// input's residual stream `[B, T, D]` is alive at once. `on_layer(input, l, ...)`.
-    pub fn forward_layers_group(&self, inputs: &[PassInput<'_>], keep_removed_ffn: bool, on_layer: &mut OnGroupLayer<'_>) -> Result<Vec<Tensor>> {
+    pub fn forward_layers_group(&self, inputs: &[PassInput<'_>], keep: Keep, on_layer: &mut OnGroupLayer<'_>) -> Result<Vec<Tensor>> {
         let gates: Vec<Vec<Option<Tensor>>> = inputs.iter().map(|i| self.head_gates(i.mask)).collect::<Result<_>>()?;
         let layouts: Vec<PerDevice<Layout>> = inputs.iter().map(|i| self.layouts_per_device(i.layout)).collect::<Result<_>>()?;
         let mut xs: Vec<Tensor> = inputs.iter().map(|i| self.embed.forward(i.ids, i.layout)).collect::<Result<_>>()?;
@@ -287,7 +288,7 @@ impl Model {
                 // Hidden states cross to the next device at a placement boundary (no-op otherwise).
                 let x_in = xs[k].to_device(dev)?;
                 let g = gates[k][l].as_ref();
-                let (y, acts) = block.run(&x_in, layouts[k].get(dev), g, self.ffn_gate(input.mask, l), keep_removed_ffn)?;
+                let (y, acts) = block.run(&x_in, layouts[k].get(dev), g, self.ffn_gate(input.mask, l), keep)?;
                 on_layer(k, l, block, acts, g)?;
                 xs[k] = y;
             }

@@ -16,17 +16,22 @@
 //! dk = dSᵀ q and dv = Aᵀ do accumulated over its blocks; under GQA the shares of the query
 //! heads of a kv head are then summed (the composed path's grouped matmul sums the same terms).
 //!
+//! Layouts: the plain causal one (with or without a sliding window), and an explicit bias
+//! `[B, 1, T, T]` (a tree layout: a shared prefix with one branch per answer option) provided no
+//! row sees a key after itself, which is checked on every call (a bias that breaks it takes the
+//! composed path). Tree layouts are what evaluation runs on, as many short rows per batch, where
+//! the composed path made one small gemm call per (row, kv head) and matmul.
+//!
 //! Numerics: the same products as the composed path, summed by the same gemm microkernels over
-//! k; masked scores are never computed and their probabilities are written as exactly 0, as the
-//! composed softmax writes them. Only the plain causal layout (with or without a sliding window)
-//! comes here; tree layouts keep their bias through the composed scores and [`super::masked_softmax`].
+//! k; masked scores are never computed, or (bias) get exp(-inf) = 0, and their probabilities are
+//! written as exactly 0, as the composed softmax writes them.
 
 use anyhow::Result;
 use candle_core::Tensor;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{dot, exp, max, output, simd_level, tensor, view};
+use super::{dot, exp, max, output, simd_level, tensor, view, RowMask, View};
 
 /// Query rows per task. 64 keeps the skipped upper-triangle share high (T = 256: 10 of 16
 /// blocks computed) while each gemm still fills the AVX-512 microkernel's rows.
@@ -58,12 +63,18 @@ unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, accumul
 }
 
 multiversion! {
-    /// Softmax of each score row `ii` of a block (query `r0 + ii`) over its keys `first_key..=i`,
-    /// in place in rows of stride t; every other entry of the row set to exactly 0.
-    fn softmax_block(p: &mut [f32], t: usize, r0: usize, window: usize) {
+    /// Softmax of each score row `ii` of a block (query `r0 + ii`) over its visible keys, in place
+    /// in rows of stride t; every other entry of the row set to exactly 0. `bias` empty: keys
+    /// `first_key..=i`; else the block's bias rows `[m, t]` added to keys `0..=i` (0 or -inf).
+    fn softmax_block(p: &mut [f32], t: usize, r0: usize, window: usize, bias: &[f32]) {
         for (ii, row) in p.chunks_exact_mut(t).enumerate() {
             let i = r0 + ii;
-            let lo = first_key(i, window);
+            let lo = if bias.is_empty() { first_key(i, window) } else { 0 };
+            if !bias.is_empty() {
+                for (e, b) in row[..=i].iter_mut().zip(&bias[ii * t..]) {
+                    *e += b;
+                }
+            }
             let m = max(&row[lo..=i]);
             let mut z = 0.0;
             for e in &mut row[lo..=i] {
@@ -94,6 +105,19 @@ multiversion! {
     }
 }
 
+/// The visible keys of a call: a sliding window (0 = none), or the bias `[B, 1, T, T]` (then
+/// checked to hide every key after its query, else None).
+fn visibility<'a>(mask: RowMask<'a>, b: usize, t: usize) -> Option<(usize, Option<View<'a>>)> {
+    match mask {
+        RowMask::Causal { window } => Some((window.unwrap_or(0), None)),
+        RowMask::Bias(bias) => {
+            let bv = (bias.dims() == [b, 1, t, t]).then(|| view(bias))??;
+            let hides_later_keys = bv.slice().par_chunks(t).enumerate().all(|(r, row)| row[r % t + 1..].iter().all(|&x| x == f32::NEG_INFINITY));
+            hides_later_keys.then_some((0, Some(bv)))
+        }
+    }
+}
+
 /// Shapes of a causal attention call: q `[B, H, T, hd]`, k and v `[B, KV, T, hd]`.
 struct Dims {
     b: usize,
@@ -110,18 +134,25 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Option<Dims> {
     ok.then_some(Dims { b, h, kv, t, hd })
 }
 
+/// One forward task: (batch row * H + head, first row, its z rows `[m, hd]`, its pattern rows
+/// `[m, T]` when kept).
+type BlockTask<'a> = (usize, usize, &'a mut [f32], Option<&'a mut [f32]>);
+
 /// The forward: q `[B, H, T, hd]` (already scaled), k and v `[B, KV, T, hd]` (query head i reads
 /// kv head i / (H/KV)) -> (the pattern `[B, H, T, T]` when `keep_pattern`, z = A v `[B, H, T, hd]`).
-/// Row i attends keys `j <= i` (and `i - j < window` with a window).
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>, keep_pattern: bool) -> Option<Result<(Option<Tensor>, Tensor)>> {
+/// Row i attends keys `j <= i` (and `i - j < window` with a window), or those its bias row
+/// leaves at 0.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: RowMask<'_>, keep_pattern: bool) -> Option<Result<(Option<Tensor>, Tensor)>> {
     let Dims { b, h, kv, t, hd } = dims(q, k, v)?;
     let (qv, kview, vview) = (view(q)?, view(k)?, view(v)?);
     let (qs, ks, vs) = (qv.slice(), kview.slice(), vview.slice());
-    let (rep, window) = (h / kv, window.unwrap_or(0));
+    let (window, bias) = visibility(mask, b, t)?;
+    let bias = bias.as_ref().map_or(&[][..], |v| v.slice());
+    let rep = h / kv;
     let mut z = output(b * h * t * hd);
     let mut pattern = keep_pattern.then(|| output(b * h * t * t));
     // One task per (batch row and head = bh, block of rows): its z rows and its pattern rows.
-    let mut tasks: Vec<(usize, usize, &mut [f32], Option<&mut [f32]>)> = Vec::with_capacity(b * h * t.div_ceil(BLOCK_ROWS));
+    let mut tasks: Vec<BlockTask<'_>> = Vec::with_capacity(b * h * t.div_ceil(BLOCK_ROWS));
     let mut pattern_heads = pattern.as_mut().map(|p| p.chunks_mut(t * t));
     for (bh, zh) in z.chunks_mut(t * hd).enumerate() {
         let mut ph = pattern_heads.as_mut().and_then(|it| it.next()).map(|p| p.chunks_mut(BLOCK_ROWS * t));
@@ -151,7 +182,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize
             // S[:, lo..r1] = q_blk k[lo..r1]^T  (rhs element (c, j) = k[lo + j, c])
             mm(m, n, hd, p.as_mut_ptr().add(lo), t, false, qb.as_ptr(), hd, 1, kh.as_ptr().add(lo * hd), 1, hd);
         }
-        softmax_block(p, t, r0, window);
+        let bias_rows = if bias.is_empty() { &[][..] } else { &bias[((bh / h) * t + r0) * t..][..m * t] };
+        softmax_block(p, t, r0, window, bias_rows);
         unsafe {
             // z_blk = A[:, lo..r1] v[lo..r1]
             mm(m, hd, n, zb.as_mut_ptr(), hd, false, p.as_ptr().add(lo), t, 1, vh.as_ptr().add(lo * hd), hd, 1);
@@ -165,14 +197,16 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize
 
 /// The backward of [`causal_attention`] from its pattern and the gradient d_o of z `[B, H, T, hd]`:
 /// (dq `[B, H, T, hd]` for the scaled q, dk and dv `[B, KV, T, hd]`).
-pub fn causal_attention_backward(pattern: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, d_o: &Tensor, window: Option<usize>) -> Option<Result<(Tensor, Tensor, Tensor)>> {
+/// The pattern is zero at every hidden key, so the mask only bounds which keys are read.
+pub fn causal_attention_backward(pattern: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, d_o: &Tensor, mask: RowMask<'_>) -> Option<Result<(Tensor, Tensor, Tensor)>> {
     let Dims { b, h, kv, t, hd } = dims(q, k, v)?;
     if pattern.dims() != [b, h, t, t] || d_o.dims() != q.dims() {
         return None;
     }
     let (pv, qv, kview, vview, dv) = (view(pattern)?, view(q)?, view(k)?, view(v)?, view(d_o)?);
     let (ps, qs, ks, vs, dos) = (pv.slice(), qv.slice(), kview.slice(), vview.slice(), dv.slice());
-    let (rep, window) = (h / kv, window.unwrap_or(0));
+    let (window, _) = visibility(mask, b, t)?;
+    let rep = h / kv;
     let size = b * h * t * hd;
     let mut dq = output(size);
     // Each query head's share of dk and dv `[B, H, T, hd]`, accumulated over its blocks.
