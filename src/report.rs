@@ -402,9 +402,10 @@ impl Builder {
         // run's identity.
         let body = self.paper_vs_run(&imps)?;
         self.section("Paper vs this run", body);
-        let last = self.sections.pop().expect("pushed above");
-        let at = self.sections.iter().position(|s| s.0 == "Run").map_or(0, |i| i + 1);
-        self.sections.insert(at, last);
+        if let Some(last) = self.sections.pop() {
+            let at = self.sections.iter().position(|s| s.0 == "Run").map_or(0, |i| i + 1);
+            self.sections.insert(at, last);
+        }
         Ok(())
     }
 
