@@ -213,37 +213,9 @@ impl Block {
     /// Back-propagates dy (gradient of the block output) through [`Block::run`], from its
     /// activation record; each line differentiates the forward line of the same wiring above.
     pub fn backward(&self, acts: &BlockActs, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, dy: &Tensor) -> Result<BlockGrads> {
-        let g = ffn_gate as f64;
-        let skipped = || anyhow!("internal: the block's FFN was skipped in this forward; the backward needs Block::forward_acts");
-        let f = acts.mlp_out.as_ref().ok_or_else(skipped)?;
-        let mlp = acts.mlp.as_ref().ok_or_else(skipped)?;
-        let x = &acts.resid_pre;
-        match self.residual {
-            Residual::PreNorm => {
-                let ffn_dot = ffn_dot(f, dy)?;
-                let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
-                let dx1 = (dy + self.ffn_norm.backward(&acts.resid_mid, &dn2)?)?;
-                let (dn1, head_dot) = self.attn.backward(&acts.attn, layout, head_gate, &dx1)?;
-                let dx = (&dx1 + self.attn_norm.backward(x, &dn1)?)?;
-                Ok(BlockGrads { dx, head_dot, ffn_dot })
-            }
-            Residual::PostNorm => {
-                let z2 = acts.resid_post_unnormed.as_ref().ok_or_else(|| anyhow!("internal: post-norm activations lack ln2's input"))?;
-                let dz2 = self.ffn_norm.backward(z2, dy)?;
-                let ffn_dot = ffn_dot(f, &dz2)?;
-                let dy1 = (&dz2 + self.mlp.backward(mlp, &(&dz2 * g)?)?)?;
-                let dz1 = self.attn_norm.backward(&acts.resid_mid, &dy1)?;
-                let (dxa, head_dot) = self.attn.backward(&acts.attn, layout, head_gate, &dz1)?;
-                Ok(BlockGrads { dx: (dz1 + dxa)?, head_dot, ffn_dot })
-            }
-            Residual::Parallel => {
-                let ffn_dot = ffn_dot(f, dy)?;
-                let (dn1, head_dot) = self.attn.backward(&acts.attn, layout, head_gate, dy)?;
-                let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
-                let dx = ((dy + self.attn_norm.backward(x, &dn1)?)? + self.ffn_norm.backward(x, &dn2)?)?;
-                Ok(BlockGrads { dx, head_dot, ffn_dot })
-            }
-        }
+        let (dx, head_dot, ffn_dot) = self.backward_to(acts, layout, head_gate, ffn_gate, dy, true)?;
+        let dx = dx.ok_or_else(|| anyhow!("internal: the block backward gave no input gradient"))?;
+        Ok(BlockGrads { dx, head_dot, ffn_dot })
     }
 
     /// The gate dots alone, (head dots `[B, H, T]`, FFN dots `[B, T]`), for a block whose input
@@ -253,16 +225,37 @@ impl Block {
     /// whole FFN backward are skipped. The head gates do not enter: each dot is taken before its
     /// gate multiplies (spec 2.3).
     pub fn gate_dots(&self, acts: &BlockActs, ffn_gate: f32, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, head_dot, ffn_dot) = self.backward_to(acts, &Layout::Causal, None, ffn_gate, dy, false)?;
+        Ok((head_dot, ffn_dot))
+    }
+
+    /// The backward: (dx when `input_grad`, head dots, FFN dots). Without `input_grad` the
+    /// attention stops at its head dots (so neither the layout nor the head gates are read) and
+    /// nothing below it runs.
+    fn backward_to(&self, acts: &BlockActs, layout: &Layout, head_gate: Option<&Tensor>, ffn_gate: f32, dy: &Tensor, input_grad: bool) -> Result<(Option<Tensor>, Tensor, Tensor)> {
         let g = ffn_gate as f64;
         let skipped = || anyhow!("internal: the block's FFN was skipped in this forward; the backward needs Block::forward_acts");
         let f = acts.mlp_out.as_ref().ok_or_else(skipped)?;
         let mlp = acts.mlp.as_ref().ok_or_else(skipped)?;
+        let x = &acts.resid_pre;
+        // The attention's backward from the gradient at its output: (its input gradient when
+        // wanted, the head dots).
+        let attn = |d: &Tensor| -> Result<(Option<Tensor>, Tensor)> {
+            if input_grad {
+                let (dx, dots) = self.attn.backward(&acts.attn, layout, head_gate, d)?;
+                Ok((Some(dx), dots))
+            } else {
+                Ok((None, self.attn.head_dots(&acts.attn, d)?))
+            }
+        };
         match self.residual {
             Residual::PreNorm => {
                 let ffn_dot = ffn_dot(f, dy)?;
                 let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
                 let dx1 = (dy + self.ffn_norm.backward(&acts.resid_mid, &dn2)?)?;
-                Ok((self.attn.head_dots(&acts.attn, &dx1)?, ffn_dot))
+                let (dn1, head_dot) = attn(&dx1)?;
+                let dx = dn1.map(|dn1| -> Result<Tensor> { Ok((&dx1 + self.attn_norm.backward(x, &dn1)?)?) }).transpose()?;
+                Ok((dx, head_dot, ffn_dot))
             }
             Residual::PostNorm => {
                 let z2 = acts.resid_post_unnormed.as_ref().ok_or_else(|| anyhow!("internal: post-norm activations lack ln2's input"))?;
@@ -270,9 +263,22 @@ impl Block {
                 let ffn_dot = ffn_dot(f, &dz2)?;
                 let dy1 = (&dz2 + self.mlp.backward(mlp, &(&dz2 * g)?)?)?;
                 let dz1 = self.attn_norm.backward(&acts.resid_mid, &dy1)?;
-                Ok((self.attn.head_dots(&acts.attn, &dz1)?, ffn_dot))
+                let (dxa, head_dot) = attn(&dz1)?;
+                let dx = dxa.map(|dxa| -> Result<Tensor> { Ok((&dz1 + dxa)?) }).transpose()?;
+                Ok((dx, head_dot, ffn_dot))
             }
-            Residual::Parallel => Ok((self.attn.head_dots(&acts.attn, dy)?, ffn_dot(f, dy)?)),
+            Residual::Parallel => {
+                let ffn_dot = ffn_dot(f, dy)?;
+                let (dn1, head_dot) = attn(dy)?;
+                let dx = match dn1 {
+                    Some(dn1) => {
+                        let dn2 = self.mlp.backward(mlp, &(dy * g)?)?;
+                        Some(((dy + self.attn_norm.backward(x, &dn1)?)? + self.ffn_norm.backward(x, &dn2)?)?)
+                    }
+                    None => None,
+                };
+                Ok((dx, head_dot, ffn_dot))
+            }
         }
     }
 
