@@ -29,6 +29,7 @@ pub mod assets;
 pub mod checkpoint;
 pub mod compare;
 pub mod eval;
+pub mod findings;
 pub mod formats;
 pub mod importance;
 pub mod io;

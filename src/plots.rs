@@ -2,11 +2,11 @@
 //!
 //! Every figure is a value of one of four kinds, drawn by [`render`] into `STEM.svg` and
 //! `STEM.png`:
-//! - [`Heatmap`]: head importance (layer x head, layer 0 at the bottom), prefix-matching and
-//!   copying scores (the same), correlation matrices (values in the cells, diverging scale), the
-//!   combined heads% x FFNs% pruning grid;
-//! - [`LinePlot`]: accuracy vs % pruned (one line per task, a bold average, optional ± bands),
-//!   capacity-retained curves;
+//! - [`Heatmap`]: head importance (layer x head, layer 0 at the top as in TransformerLens and
+//!   the paper's figures), prefix-matching and copying scores (the same), correlation matrices
+//!   (values in the cells, diverging scale), the combined heads% x FFNs% pruning grid;
+//! - [`LinePlot`]: accuracy vs % pruned (one line per ranking or task, a bold average, optional
+//!   ± stderr bands, dashed reference lines such as the chance level), capacity-retained curves;
 //! - [`BarPlot`]: FFN importance per layer, grouped bars with error bars (induction ablation).
 //!
 //! Text: PNGs are rasterized with ab_glyph from DejaVu Sans compiled into the binary (the
@@ -102,9 +102,11 @@ pub fn render(plot: &impl Plot, stem: &Path) -> Result<Rendered> {
 /// How values map to colours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColorScale {
-    /// Viridis, low = dark purple, high = yellow.
+    /// Viridis, low = dark purple, high = yellow: perceptually uniform and monotonic in lightness,
+    /// so it stays readable printed in greyscale.
     Sequential,
-    /// Blue - white - red, centred on 0 (for correlations).
+    /// Blue - white - red, centred on 0 (for correlations). Not greyscale-safe (both ends are
+    /// dark), so it is only used with the value printed in each cell.
     Diverging,
 }
 
@@ -302,8 +304,9 @@ pub struct Heatmap {
 }
 
 impl Heatmap {
-    /// Head scores `[L][H]`: x = head, y = layer (layer 0 at the bottom). Also for prefix-matching
-    /// and copying scores.
+    /// Head scores `[L][H]`: x = head, y = layer, layer 0 at the top (TransformerLens's and the
+    /// paper's convention: the page reads from the input down). Also for prefix-matching and
+    /// copying scores.
     pub fn heads(title: impl Into<String>, heads: &[Vec<f64>], colorbar_label: impl Into<String>) -> Self {
         Self {
             title: title.into(),
@@ -312,7 +315,7 @@ impl Heatmap {
             values: heads.to_vec(),
             row_labels: vec![],
             col_labels: vec![],
-            rows_from_top: false,
+            rows_from_top: true,
             scale: ColorScale::Sequential,
             range: None,
             log: false,
@@ -532,16 +535,37 @@ pub struct Series {
     pub x: Vec<f64>,
     pub y: Vec<f64>,
     pub band: Option<Vec<f64>>,
+    /// A fixed colour (so one ranking has one colour in every panel); None = the palette by
+    /// position.
+    pub color: Option<(u8, u8, u8)>,
+    /// Drawn dashed (a control, e.g. the random ranking, told apart from the others in print).
+    pub dashed: bool,
 }
 
 impl Series {
     pub fn new(label: impl Into<String>, x: Vec<f64>, y: Vec<f64>) -> Self {
-        Self { label: label.into(), x, y, band: None }
+        Self { label: label.into(), x, y, band: None, color: None, dashed: false }
     }
     pub fn with_band(mut self, band: Vec<f64>) -> Self {
         self.band = Some(band);
         self
     }
+    pub fn with_color(mut self, rgb: (u8, u8, u8)) -> Self {
+        self.color = Some(rgb);
+        self
+    }
+    pub fn dashed(mut self) -> Self {
+        self.dashed = true;
+        self
+    }
+}
+
+/// A horizontal reference line across the plot (e.g. the chance level), dashed grey, named in
+/// the legend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefLine {
+    pub label: String,
+    pub y: f64,
 }
 
 /// Lines with markers, an optional bold black "average" line, and a legend to the right.
@@ -552,6 +576,8 @@ pub struct LinePlot {
     pub y_label: String,
     pub series: Vec<Series>,
     pub average: Option<Series>,
+    /// Horizontal reference lines (chance level); they widen the y range to stay visible.
+    pub reference: Vec<RefLine>,
     pub x_range: Option<(f64, f64)>,
     pub y_range: Option<(f64, f64)>,
 }
@@ -565,6 +591,7 @@ impl LinePlot {
             y_label: "accuracy".into(),
             series: tasks,
             average,
+            reference: vec![],
             x_range: None,
             y_range: None,
         }
@@ -578,6 +605,7 @@ impl LinePlot {
             y_label: "% capacity retained".into(),
             series: curves,
             average: None,
+            reference: vec![],
             x_range: Some((0.0, 100.0)),
             y_range: Some((0.0, 100.0)),
         }
@@ -587,8 +615,15 @@ impl LinePlot {
         self.series.iter().chain(self.average.iter())
     }
 
+    /// A dashed horizontal line at `y` named `label` in the legend.
+    pub fn with_reference(mut self, label: impl Into<String>, y: f64) -> Self {
+        self.reference.push(RefLine { label: label.into(), y });
+        self
+    }
+
     fn legend_width(&self) -> u32 {
-        self.all().map(|s| text_width(&s.label, 14.0)).max().unwrap_or(0) + 60
+        let refs = self.reference.iter().map(|r| text_width(&r.label, 14.0));
+        self.all().map(|s| text_width(&s.label, 14.0)).chain(refs).max().unwrap_or(0) + 60
     }
 }
 
@@ -632,8 +667,9 @@ impl Plot for LinePlot {
         let yr = self.y_range.map(padded).unwrap_or_else(|| {
             let lo = self.all().flat_map(|s| s.y.iter().enumerate().map(move |(i, y)| y - s.band.as_ref().map_or(0.0, |b| b[i])));
             let hi = self.all().flat_map(|s| s.y.iter().enumerate().map(move |(i, y)| y + s.band.as_ref().map_or(0.0, |b| b[i])));
-            let (a, _) = bounds(lo.collect::<Vec<_>>().iter());
-            let (_, b) = bounds(hi.collect::<Vec<_>>().iter());
+            let refs: Vec<f64> = self.reference.iter().map(|r| r.y).collect();
+            let (a, _) = bounds(lo.chain(refs.iter().copied()).collect::<Vec<_>>().iter());
+            let (_, b) = bounds(hi.chain(refs.iter().copied()).collect::<Vec<_>>().iter());
             padded((a, b))
         });
         let xr = if xr.1 > xr.0 { xr } else { (xr.0 - 0.5, xr.0 + 0.5) };
@@ -657,7 +693,7 @@ impl Plot for LinePlot {
             .series
             .iter()
             .enumerate()
-            .map(|(i, s)| (s, palette(i), 2))
+            .map(|(i, s)| (s, s.color.map_or_else(|| palette(i), |(r, g, b)| RGBColor(r, g, b)), 2))
             .chain(self.average.iter().map(|s| (s, BLACK, 4)))
             .collect();
         for (s, color, _) in &styled {
@@ -667,21 +703,45 @@ impl Plot for LinePlot {
                 chart.draw_series(std::iter::once(Polygon::new(upper.chain(lower).collect::<Vec<_>>(), color.mix(0.18).filled())))?;
             }
         }
+        // Reference lines are thin, black and finely dashed, unlike any data series (a random
+        // control is drawn with long grey dashes).
+        let ink = RGBColor(0, 0, 0);
+        for r in &self.reference {
+            let line = DashedLineSeries::new(vec![(xr.0, r.y), (xr.1, r.y)], 3, 4, ink.stroke_width(1));
+            chart.draw_series(line)?;
+        }
         for (s, color, width) in &styled {
             let pts: Vec<(f64, f64)> = s.x.iter().copied().zip(s.y.iter().copied()).filter(|(_, y)| y.is_finite()).collect();
-            chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(*width)))?;
+            if s.dashed {
+                chart.draw_series(DashedLineSeries::new(pts.clone(), 10, 5, color.stroke_width(*width)))?;
+            } else {
+                chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(*width)))?;
+            }
             if pts.len() <= 40 {
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, *width + 1, color.filled())))?;
             }
         }
         // Legend: a coloured line and the label per series.
         let (_, lh) = legend.dim_in_pixel();
-        let row = 22i32.min((lh as i32 - 40) / styled.len().max(1) as i32).max(12);
+        let entries = styled.len() + self.reference.len();
+        let row = 22i32.min((lh as i32 - 40) / entries.max(1) as i32).max(12);
         for (i, (s, color, width)) in styled.iter().enumerate() {
             let y = 40 + i as i32 * row;
-            legend.draw(&PathElement::new(vec![(8, y), (36, y)], color.stroke_width(*width)))?;
+            if s.dashed {
+                legend.draw(&PathElement::new(vec![(8, y), (18, y)], color.stroke_width(*width)))?;
+                legend.draw(&PathElement::new(vec![(24, y), (36, y)], color.stroke_width(*width)))?;
+            } else {
+                legend.draw(&PathElement::new(vec![(8, y), (36, y)], color.stroke_width(*width)))?;
+            }
             let style = if *width > 2 { bold(14.0) } else { font(14.0) };
             legend.draw(&Text::new(s.label.clone(), (44, y), style.pos(Pos::new(HPos::Left, VPos::Center))))?;
+        }
+        for (i, r) in self.reference.iter().enumerate() {
+            let y = 40 + (styled.len() + i) as i32 * row;
+            for x in [8, 15, 22, 29] {
+                legend.draw(&PathElement::new(vec![(x, y), (x + 3, y)], ink.stroke_width(1)))?;
+            }
+            legend.draw(&Text::new(r.label.clone(), (44, y), font(14.0).pos(Pos::new(HPos::Left, VPos::Center))))?;
         }
         Ok(())
     }

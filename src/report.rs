@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::compare::{self, Method};
+use crate::findings::{self, CurvePoint, HeadScores};
 use crate::plots::{self, BarPlot, Heatmap, LinePlot, Plot, Series};
 
 /// What [`build`] wrote.
@@ -43,6 +45,7 @@ pub struct Report {
 /// The section titles a full run folder produces, in page order (tests check these).
 pub const SECTIONS: &[&str] = &[
     "Run",
+    "Paper vs this run",
     "Manifest and options",
     "Deviations from the paper",
     "Baseline accuracy",
@@ -416,7 +419,202 @@ impl Builder {
         self.induction()?;
         self.induction_ablation()?;
         self.data_files();
+        // The page a reader sees first: the paper's findings beside this run's, right after the
+        // run's identity.
+        let body = self.paper_vs_run(&imps)?;
+        self.section("Paper vs this run", body);
+        if let Some(last) = self.sections.pop() {
+            let at = self.sections.iter().position(|s| s.0 == "Run").map_or(0, |i| i + 1);
+            self.sections.insert(at, last);
+        }
         Ok(())
+    }
+
+    /// Each finding of the paper with the paper's OPT-66B value (where the docs state one) and
+    /// this run's, and a warning line wherever this run's number is within its noise.
+    fn paper_vs_run(&mut self, imps: &[(String, usize, Value)]) -> Result<String> {
+        let mut rows: Vec<Vec<String>> = vec![];
+        let mut warnings: Vec<String> = vec![];
+        let paper = |p: findings::PaperValue| format!("<b>{}</b> <small>({})</small>", escape(p.value), escape(p.source));
+        let dash = || "—".to_string();
+        let pairs = |n: usize| if n == 1 { "1 task pair".to_string() } else { format!("{n} task pairs") };
+        let missing = |what: &str| format!("<span class=\"na\">not in this run ({})</span>", escape(what));
+
+        // Shares removable within tolerance.
+        let infl_path = self.run.join("sweeps/inflection.csv");
+        let infl: Vec<findings::Inflection> = if infl_path.exists() {
+            read_csv(&infl_path)?
+                .iter()
+                .map(|r| findings::Inflection {
+                    task: s(r, "task").into(),
+                    shots: s(r, "shots").parse().unwrap_or(0),
+                    ranking: s(r, "ranking").into(),
+                    kind: s(r, "kind").into(),
+                    pct: f(r, "inflection_pct"),
+                    tolerance: f(r, "tolerance"),
+                    base_stderr: f(r, "base_stderr"),
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        for (kind, what, pv) in [("heads", "Share of heads removable within tolerance (mean over tasks)", findings::PAPER_HEADS_REMOVABLE), ("ffns", "Share of FFNs removable within tolerance (mean over tasks)", findings::PAPER_FFNS_REMOVABLE)] {
+            let sel = findings::removable_share(&infl, kind);
+            let ours = if sel.is_empty() {
+                missing("sweeps/inflection.csv")
+            } else {
+                sel.iter().map(|r| format!("{} ranking, {}-shot: <b>{}%</b>", escape(&r.ranking), r.shots, plots::fmt_num(r.pct))).collect::<Vec<_>>().join("<br>")
+            };
+            if let Some(r) = sel.iter().find(|r| r.noise_limited()) {
+                warnings.push(format!(
+                    "{what}: the unpruned mean's stderr ({:.3}) is larger than the tolerance ({}), so these shares are within the evaluation's noise; use a larger --limit.",
+                    r.base_stderr, r.tolerance
+                ));
+            }
+            let tol = sel.first().map_or(String::new(), |r| format!("tolerance {} of the unpruned value", r.tolerance));
+            rows.push(vec![escape(what), ours, paper(pv), escape(&tol)]);
+        }
+
+        // Rank statistics over the head importance files.
+        let sets: Vec<HeadScores> = imps
+            .iter()
+            .filter_map(|(t, k, v)| matrix(v.get("heads")).map(|m| HeadScores { task: t.clone(), shots: *k, scores: compare::flatten(&m) }))
+            .collect();
+        let same_shape = sets.windows(2).all(|w| w[0].scores.len() == w[1].scores.len());
+        if sets.is_empty() || !same_shape {
+            let why = if sets.is_empty() { "importance/<task>.<k>shot.json" } else { "importance files of different shapes" };
+            for what in ["Cross-task rank correlation of head importance", "Cross-shot rank correlation (Table 1)", "Top-30% head overlap across tasks"] {
+                rows.push(vec![escape(what), missing(why), dash(), String::new()]);
+            }
+        } else {
+            let sp = findings::cross_task_correlation(&sets, Method::Spearman)?;
+            let ar = findings::cross_task_correlation(&sets, Method::Argsort)?;
+            let ours = if sp.is_empty() {
+                missing("one task per shot count")
+            } else {
+                sp.iter()
+                    .zip(&ar)
+                    .map(|(a, b)| format!("{}-shot: Spearman <b>{:.3}</b> · argsort {:.3} ({})", a.shots, a.mean, b.mean, pairs(a.pairs)))
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            };
+            rows.push(vec![escape("Cross-task rank correlation of head importance (mean over task pairs)"), ours, dash(), escape("Spearman is the standard statistic; argsort is the authors' (docs/method.md §5.1)")]);
+
+            let cs = findings::cross_shot_means(&sets, Method::Spearman)?;
+            let ca = findings::cross_shot_means(&sets, Method::Argsort)?;
+            let ours = if cs.is_empty() {
+                missing("a second shot count")
+            } else {
+                cs.iter()
+                    .zip(&ca)
+                    .map(|(a, b)| format!("{}- vs {}-shot: Spearman <b>{:.3}</b> · argsort {:.3} ({} tasks)", a.0, a.1, a.2, b.2, a.3))
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            };
+            rows.push(vec![escape("Cross-shot rank correlation (Table 1, mean over tasks)"), ours, dash(), escape("both statistics on the same importance files")]);
+
+            let ov = findings::cross_task_overlap(&sets, 0.3)?;
+            let n = sets[0].scores.len();
+            let expected = compare::top_k(n, 0.3) as f64 / n as f64;
+            let ours = if ov.is_empty() {
+                missing("one task per shot count")
+            } else {
+                ov.iter().map(|o| format!("{}-shot: <b>{:.0}%</b> ({})", o.shots, 100.0 * o.mean, pairs(o.pairs))).collect::<Vec<_>>().join("<br>")
+            };
+            rows.push(vec![
+                escape("Top-30% head overlap across tasks (mean over task pairs)"),
+                ours,
+                paper(findings::PAPER_TOP30_OVERLAP),
+                escape(&format!("random rankings overlap by {:.0}% on average", 100.0 * expected)),
+            ]);
+        }
+
+        // Where the induction heads rank in the aggregate importance.
+        let ind = self.run.join("induction/induction.json");
+        let ours = match (ind.exists(), sets.first()) {
+            (false, _) => missing("induction/induction.json"),
+            (true, None) => missing("importance files"),
+            (true, Some(_)) => {
+                let v = read_json(&ind)?;
+                let k0 = sets.iter().map(|s| s.shots).min().unwrap_or(0);
+                // The sweeps' own aggregate ranking when the run has it, else the mean of the
+                // importance files at the lowest shot count.
+                let agg_file = self.run.join(format!("rankings/aggregate.{k0}shot.json"));
+                let aggregate = if agg_file.exists() { matrix(read_json(&agg_file)?.get("heads")).map(|m| compare::flatten(&m)) } else { None };
+                let aggregate = aggregate.or_else(|| {
+                    let at: Vec<&HeadScores> = sets.iter().filter(|s| s.shots == k0).collect();
+                    (!at.is_empty()).then(|| (0..at[0].scores.len()).map(|i| at.iter().map(|s| s.scores[i]).sum::<f64>() / at.len() as f64).collect())
+                });
+                match (matrix(v.pointer("/prefix/mean")).map(|m| compare::flatten(&m)), aggregate) {
+                    (Some(prefix), Some(agg)) if prefix.len() == agg.len() => {
+                        let r = findings::induction_rank(&prefix, &agg, 10, 0.3)?;
+                        format!(
+                            "top {} prefix-matching heads: median percentile <b>{:.0}</b> in the {k0}-shot aggregate importance; {} of {} in its top 30%",
+                            r.heads.len(),
+                            findings::median(&r.percentiles),
+                            r.in_top,
+                            r.heads.len()
+                        )
+                    }
+                    _ => missing("prefix-matching scores and an aggregate ranking of the same heads"),
+                }
+            }
+        };
+        rows.push(vec![escape("Where the strongest induction heads rank in importance"), ours, dash(), escape("percentile 100 = the most important head; random heads would sit at 50 on average")]);
+
+        // The random-ranking control, on the mean-over-tasks head curves.
+        let heads_csv = self.run.join("sweeps/heads.csv");
+        if heads_csv.exists() {
+            let rows_csv = read_csv(&heads_csv)?;
+            for ((k, metric), tasks) in sweep_panels(&rows_csv, "heads_pct") {
+                let rankings: std::collections::BTreeSet<String> = tasks.values().flat_map(|c| c.keys().cloned()).collect();
+                let mut mean = Curves::new();
+                for r in rankings {
+                    let curves: Option<Vec<Vec<CurvePoint>>> = tasks.values().map(|c| c.get(&r).cloned()).collect();
+                    if let Some(c) = curves {
+                        mean.insert(r, findings::mean_curve(&c));
+                    }
+                }
+                let Some(random) = mean.keys().find(|r| is_random(r)).cloned() else { continue };
+                let level = 50.0;
+                let cells: Vec<String> = ordered_rankings(&mean)
+                    .into_iter()
+                    .filter_map(|(r, c)| findings::at_level(c, level).map(|p| format!("{} <b>{:.3}</b> ± {:.3}", escape(r), p.value, p.stderr)))
+                    .collect();
+                if cells.is_empty() {
+                    continue;
+                }
+                rows.push(vec![
+                    escape(&format!("Mean {metric} with 50% of heads removed vs the random control ({k}-shot)")),
+                    cells.join("<br>"),
+                    dash(),
+                    escape("a ranking that carries information should stay above random"),
+                ]);
+                for r in ["own", "aggregate"] {
+                    if let (Some(a), Some(b)) = (mean.get(r), mean.get(&random)) {
+                        if let (Some(pa), Some(pb)) = (findings::at_level(a, level), findings::at_level(b, level)) {
+                            if findings::within_noise(&[pa], &[pb]).len() == 1 {
+                                warnings.push(format!(
+                                    "{k}-shot, 50% of heads removed: {r} − {random} = {:+.3} is smaller than its stderr {:.3}; this run cannot tell the {r} ranking from random there.",
+                                    pa.value - pb.value,
+                                    (pa.stderr * pa.stderr + pb.stderr * pb.stderr).sqrt()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut b = String::from(
+            "<p>The findings of Bansal et al. (2023) on OPT-66B beside this run. The paper's value is given where the docs state it \
+             (docs/method.md, “The paper's headline numbers”); “—” where they do not.</p>\n",
+        );
+        b.push_str(&table(&["finding", "this run", "paper (OPT-66B)", "note"], &rows));
+        for w in warnings {
+            let _ = writeln!(b, "<p class=\"warn\">⚠ {}</p>", escape(&w));
+        }
+        Ok(b)
     }
 
     fn baseline(&mut self, evals: &[(String, usize, Value)]) {
@@ -513,8 +711,13 @@ impl Builder {
     fn sweeps(&mut self) -> Result<()> {
         let model = self.model.clone();
         let dir = self.run.join("sweeps");
-        // Accuracy vs pruning.
-        let mut body = String::new();
+        // Accuracy vs pruning: one panel per task (and one for the mean over tasks) with every
+        // ranking overlaid on the same axes, stderr bands, and the task's chance level.
+        let mut body = String::from(
+            "<p>Each panel overlays the rankings on the same axes: the task's <b>own</b>, the task <b>aggregate</b>, and the \
+             <b>random</b> control (dashed grey) when the run has one. Shaded bands are ± one standard error; the dashed \
+             line is the chance level (1 / number of answer options). The mean panel's band is sqrt(Σ se²) / T.</p>\n",
+        );
         let mut miss = vec![];
         for (file, what, col) in [("heads.csv", "heads", "heads_pct"), ("ffns.csv", "FFNs", "ffns_pct")] {
             let p = dir.join(file);
@@ -523,35 +726,58 @@ impl Builder {
                 continue;
             }
             let rows = read_csv(&p)?;
-            // (shots, ranking, metric) -> task -> [(pct, value)]
-            let mut g: BTreeMap<Key, BTreeMap<String, Vec<(f64, f64)>>> = BTreeMap::new();
-            for r in &rows {
-                let k = s(r, "shots").parse::<usize>().unwrap_or(0);
-                g.entry((k, s(r, "ranking").into(), s(r, "metric").into())).or_default().entry(s(r, "task").into()).or_default().push((f(r, col), f(r, "value")));
-            }
-            body.push_str("<div class=\"grid\">");
-            for ((k, ranking, metric), tasks) in g {
-                let mut series = vec![];
-                let mut acc: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
-                for (t, mut pts) in tasks.clone() {
-                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    for &(x, y) in &pts {
-                        acc.entry((x * 1000.0).round() as i64).or_default().push(y);
+            let panels = sweep_panels(&rows, col);
+            for ((k, metric), tasks) in panels {
+                body.push_str("<div class=\"grid\">");
+                let mut warnings = vec![];
+                let names: Vec<&str> = tasks.keys().map(String::as_str).collect();
+                let chance_of = |t: &str| if metric_has_chance(&metric) { findings::chance_level(t) } else { None };
+                let mut panels: Vec<Panel> =
+                    tasks.iter().map(|(t, c)| (t.clone(), c.clone(), chance_of(t))).collect();
+                if tasks.len() > 1 {
+                    let rankings: std::collections::BTreeSet<&String> = tasks.values().flat_map(|c| c.keys()).collect();
+                    let mut mean = Curves::new();
+                    for r in rankings {
+                        let curves: Option<Vec<Vec<CurvePoint>>> = tasks.values().map(|c| c.get(r).cloned()).collect();
+                        if let Some(curves) = curves {
+                            let m = findings::mean_curve(&curves);
+                            if !m.is_empty() {
+                                mean.insert(r.clone(), m);
+                            }
+                        }
                     }
-                    series.push(Series::new(t, pts.iter().map(|p| p.0).collect(), pts.iter().map(|p| p.1).collect()));
+                    let chance = if metric_has_chance(&metric) { findings::mean_chance(&names).map(|c| (c, "mean over tasks".to_string())) } else { None };
+                    if !mean.is_empty() {
+                        panels.push((format!("mean over {} tasks", tasks.len()), mean, chance));
+                    }
                 }
-                let n = tasks.len();
-                let avg = (n > 1).then(|| {
-                    let pts: Vec<(f64, f64)> = acc.iter().filter(|(_, v)| v.len() == n).map(|(x, v)| (*x as f64 / 1000.0, v.iter().sum::<f64>() / n as f64)).collect();
-                    Series::new("average", pts.iter().map(|p| p.0).collect(), pts.iter().map(|p| p.1).collect())
-                });
-                let title = plots::title(&format!("{metric} vs % {what} pruned ({ranking} ranking)"), &model, "", Some(k));
-                let mut lp = LinePlot::pruning(&title, what, series, avg);
-                lp.y_label = metric.clone();
-                let name = format!("prune-{}-{k}shot-{}", what.to_lowercase(), slug(&ranking));
-                body.push_str(&self.figure(&lp, &name, &title));
+                for (task, curves, chance) in panels {
+                    let series: Vec<Series> = ordered_rankings(&curves)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (r, pts))| {
+                            let (rgb, dashed) = ranking_style(r, i);
+                            let s = Series::new(r.clone(), pts.iter().map(|p| p.pct).collect(), pts.iter().map(|p| p.value).collect())
+                                .with_band(pts.iter().map(|p| if p.stderr.is_finite() { p.stderr } else { 0.0 }).collect())
+                                .with_color(rgb);
+                            if dashed { s.dashed() } else { s }
+                        })
+                        .collect();
+                    let title = plots::title(&format!("{metric} vs % {what} pruned"), &model, &task, Some(k));
+                    let mut lp = LinePlot::pruning(&title, what, series, None);
+                    lp.y_label = metric.clone();
+                    if let Some((c, how)) = &chance {
+                        lp = lp.with_reference(format!("chance ({how}: {c:.2})"), *c);
+                    }
+                    let name = format!("prune-{}-{k}shot-{}", what.to_lowercase(), slug(&task));
+                    body.push_str(&self.figure(&lp, &name, &title));
+                    warnings.extend(noise_warnings(&task, k, &curves));
+                }
+                body.push_str("</div>\n");
+                for w in warnings {
+                    let _ = writeln!(body, "<p class=\"warn\">⚠ {}</p>", escape(&w));
+                }
             }
-            body.push_str("</div>\n");
         }
         if !miss.is_empty() {
             let m: Vec<&str> = miss.iter().map(String::as_str).collect();
@@ -874,6 +1100,92 @@ impl Builder {
 /// (shots, ranking, metric) of a sweep curve.
 type Key = (usize, String, String);
 
+/// A task's sweep curves by ranking label.
+type Curves = BTreeMap<String, Vec<CurvePoint>>;
+
+/// One pruning panel: its name (a task or the mean), the curves, the chance level and how it was
+/// derived.
+type Panel = (String, Curves, Option<(f64, String)>);
+
+/// Rows of `sweeps/{heads,ffns}.csv` grouped as (shots, metric) -> task -> ranking -> points
+/// sorted by % pruned; `col` is the % column of the file.
+fn sweep_panels(rows: &[BTreeMap<String, String>], col: &str) -> BTreeMap<(usize, String), BTreeMap<String, Curves>> {
+    let mut g: BTreeMap<(usize, String), BTreeMap<String, Curves>> = BTreeMap::new();
+    for r in rows {
+        let k = s(r, "shots").parse::<usize>().unwrap_or(0);
+        let point = CurvePoint { pct: f(r, col), value: f(r, "value"), stderr: f(r, "stderr") };
+        g.entry((k, s(r, "metric").into())).or_default().entry(s(r, "task").into()).or_default().entry(s(r, "ranking").into()).or_default().push(point);
+    }
+    for tasks in g.values_mut() {
+        for curves in tasks.values_mut() {
+            for pts in curves.values_mut() {
+                pts.sort_by(|a, b| a.pct.total_cmp(&b.pct));
+            }
+        }
+    }
+    g
+}
+
+/// Metrics that pick one of the answer options, so a uniform guess scores 1 / options.
+fn metric_has_chance(metric: &str) -> bool {
+    matches!(metric, "acc" | "acc_norm")
+}
+
+fn is_random(ranking: &str) -> bool {
+    ranking.starts_with("random")
+}
+
+/// Rankings in legend order: own, aggregate, the others by name, the random controls last.
+fn ordered_rankings(curves: &Curves) -> Vec<(&String, &Vec<CurvePoint>)> {
+    let rank = |r: &str| match r {
+        "own" => 0,
+        "aggregate" => 1,
+        r if is_random(r) => 3,
+        _ => 2,
+    };
+    let mut v: Vec<(&String, &Vec<CurvePoint>)> = curves.iter().collect();
+    v.sort_by(|a, b| rank(a.0).cmp(&rank(b.0)).then(a.0.cmp(b.0)));
+    v
+}
+
+/// One colour per ranking across every panel (own blue, aggregate orange, random grey and
+/// dashed, so the control reads as a control in greyscale too); others take the palette by
+/// position.
+fn ranking_style(ranking: &str, position: usize) -> ((u8, u8, u8), bool) {
+    let rgb = |c: plotters::style::RGBColor| (c.0, c.1, c.2);
+    match ranking {
+        "own" => (rgb(plots::palette(0)), false),
+        "aggregate" => (rgb(plots::palette(1)), false),
+        r if is_random(r) => ((110, 110, 110), true),
+        _ => (rgb(plots::palette(2 + position)), false),
+    }
+}
+
+/// One line per pair of rankings (own or aggregate against each random control, and own against
+/// aggregate) that differ by less than the stderr of the difference at some pruned level.
+fn noise_warnings(task: &str, shots: usize, curves: &Curves) -> Vec<String> {
+    let named: Vec<&String> = ordered_rankings(curves).into_iter().map(|(r, _)| r).collect();
+    let mut pairs: Vec<(&String, &String)> = vec![];
+    for a in named.iter().filter(|r| !is_random(r)) {
+        for b in named.iter().filter(|r| is_random(r)) {
+            pairs.push((a, b));
+        }
+    }
+    if let (Some(own), Some(agg)) = (curves.get_key_value("own"), curves.get_key_value("aggregate")) {
+        pairs.push((own.0, agg.0));
+    }
+    let mut out = vec![];
+    for (a, b) in pairs {
+        let w = findings::within_noise(&curves[a], &curves[b]);
+        if w.is_empty() {
+            continue;
+        }
+        let levels: Vec<String> = w.iter().map(|x| format!("{}% ({:+.3} ± {:.3})", plots::fmt_num(x.pct), x.difference, x.stderr)).collect();
+        out.push(format!("{task}, {shots}-shot: {a} − {b} is smaller than its stderr at {}", levels.join(", ")));
+    }
+    out
+}
+
 fn slug(s: &str) -> String {
     let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
     if s.is_empty() { "none".into() } else { s }
@@ -923,6 +1235,8 @@ code,pre{font-family:ui-monospace,'DejaVu Sans Mono',monospace;font-size:.85em}
 pre{background:#f6f6f6;padding:.6em;overflow:auto;max-height:30em}
 code{word-break:break-all}
 .missing{color:#8a5a00;background:#fff6e0;padding:.3em .6em;border-left:3px solid #e0a000}
+.warn{color:#7a2e00;background:#fff1e6;padding:.25em .6em;border-left:3px solid #d9534f;margin:.3em 0;font-size:.9em}
+.na{color:#8a5a00}
 .grid{display:flex;flex-wrap:wrap;gap:1em}
 figure{margin:0;flex:1 1 540px;max-width:100%}
 svg.plot{display:block;width:100%;height:auto;border:1px solid #eee}

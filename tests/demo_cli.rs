@@ -41,9 +41,11 @@ fn tiny_demo_runs_the_pipeline_and_resumes() {
     ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
-    // 2 tasks x heads {0,50,90} with the 0% point shared by the FFN curve {0,50}.
+    // 2 tasks x 2 rankings (own and the random:1 control) x heads {0,50,90}, the 0% point shared
+    // by the FFN curve {0,50}.
     let heads = std::fs::read_to_string(run.join("sweeps/heads.csv")).unwrap();
-    assert_eq!(heads.lines().count(), 1 + 2 * 3, "{heads}");
+    assert_eq!(heads.lines().count(), 1 + 2 * 2 * 3, "{heads}");
+    assert_eq!(heads.lines().filter(|l| l.contains(",random:1,")).count(), 2 * 3, "{heads}");
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
     for s in headroom::report::SECTIONS {
         assert!(html.contains(s), "report lacks section {s:?}");
@@ -60,6 +62,6 @@ fn tiny_demo_runs_the_pipeline_and_resumes() {
 
     // Resume: nothing is recomputed.
     let second = demo(&run);
-    assert!(second.contains("sweeps: 0 units evaluated now, 8 reused"), "{second}");
+    assert!(second.contains("sweeps: 0 units evaluated now, 12 reused"), "{second}");
     assert_eq!(second.matches("already done (same command)").count(), 2, "induction or its ablation was recomputed:\n{second}");
 }

@@ -113,6 +113,37 @@ fn lines_and_bars_render() {
     check(&p, &dir, "induction14", "Induction ablation, 14 tasks");
 }
 
+/// Head heatmaps put layer 0 at the top (TransformerLens's convention): a matrix whose row 0 alone
+/// is high draws its brightest cells above every other cell.
+#[test]
+fn head_heatmaps_put_layer_0_at_the_top() {
+    let (_keep, dir) = out_dir();
+    let mut m = vec![vec![0.0; 3]; 5];
+    m[0] = vec![1.0; 3];
+    let r = plots::render(&Heatmap::heads("layer 0 high", &m, "score"), &dir.join("layer0")).unwrap();
+    let svg = std::fs::read_to_string(r.svg).unwrap();
+    let ys = |fill: &str| -> Vec<i64> {
+        svg.split("<rect ")
+            .filter(|r| r.contains(&format!("fill=\"{fill}\"")))
+            .filter_map(|r| r.split_once(" y=\"").and_then(|(_, v)| v.split_once('"')).and_then(|(v, _)| v.parse().ok()))
+            .collect()
+    };
+    let (top, rest) = (ys("#FDE725"), ys("#440154"));
+    assert_eq!((top.len(), rest.len()), (3, 12), "cells by colour");
+    assert!(top.iter().max() < rest.iter().min(), "layer 0 at y {top:?}, the others at {rest:?}");
+}
+
+/// The sequential scale is readable in greyscale: its luma rises monotonically from low to high.
+#[test]
+fn sequential_scale_is_monotonic_in_lightness() {
+    let luma = |t: f64| {
+        let c = plots::ColorScale::Sequential.color(t);
+        0.299 * c.0 as f64 + 0.587 * c.1 as f64 + 0.114 * c.2 as f64
+    };
+    let l: Vec<f64> = (0..=100).map(|i| luma(i as f64 / 100.0)).collect();
+    assert!(l.windows(2).all(|w| w[1] > w[0]), "{l:?}");
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let (_keep, dir) = out_dir();

@@ -54,17 +54,27 @@ fn synthetic_run(dir: &Path) {
             );
             for p in (0..=100).step_by(10) {
                 let v = 0.6 + 0.05 * seed - 0.004 * p as f64;
-                heads.push_str(&format!("{task},{k},importance,{p},0,acc,{v:.6},80,0.02\n"));
-                ffns.push_str(&format!("{task},{k},importance,0,{p},acc,{:.6},80,0.02\n", v + 0.001 * p as f64));
+                // The aggregate ranking trails own by 0.01 (within the noise everywhere); the
+                // random control matches own up to 10% (within the noise) and then falls away.
+                let random = if p <= 10 { v } else { v - 0.008 * p as f64 };
+                heads.push_str(&format!("{task},{k},own,{p},0,acc,{v:.6},80,0.02\n"));
+                heads.push_str(&format!("{task},{k},aggregate,{p},0,acc,{:.6},80,0.02\n", v - 0.01));
+                heads.push_str(&format!("{task},{k},random:1,{p},0,acc,{random:.6},80,0.02\n"));
+                ffns.push_str(&format!("{task},{k},gradient,0,{p},acc,{:.6},80,0.02\n", v + 0.001 * p as f64));
             }
             for hp in [0, 30, 60] {
                 for fp in [0, 30, 60] {
                     comb.push_str(&format!("{task},{k},importance,{hp},{fp},acc,{:.6},80,0.02\n", 0.7 - 0.002 * (hp + fp) as f64));
                 }
             }
-            infl.push_str(&format!("{task},{k},importance,heads,40,0.01,0.6\n{task},{k},importance,ffns,20,0.01,0.6\n"));
+            infl.push_str(&format!("{task},{k},own,heads,40,0.01,0.6\n{task},{k},gradient,ffns,20,0.01,0.6\n"));
         }
     }
+    // The mean-over-tasks rows (the paper-vs-run table reads these), with the stderr columns: at
+    // 0-shot the stderr is below the tolerance, at 1-shot above it (a warning).
+    infl = infl.replace("task,shots,ranking,kind,inflection_pct,tolerance,base_value\n", "task,shots,ranking,kind,inflection_pct,tolerance,base_value,base_stderr,base_n\n");
+    infl.push_str("average,0,own,heads,30,0.01,0.6,0.005,160\naverage,0,gradient,ffns,20,0.01,0.6,0.005,160\n");
+    infl.push_str("average,1,own,heads,60,0.01,0.6,0.02,160\naverage,1,gradient,ffns,10,0.01,0.6,0.02,160\n");
     write(&dir.join("sweeps/heads.csv"), &heads);
     write(&dir.join("sweeps/ffns.csv"), &ffns);
     write(&dir.join("sweeps/combined.csv"), &comb);
@@ -121,10 +131,10 @@ fn keep_dir() -> (Option<tempfile::TempDir>, PathBuf) {
     }
 }
 
-/// Expected figures: 4 head heatmaps + 2 aggregates, 4 FFN bars + 2 aggregates, 2 pruning plots
-/// (heads) + 2 (FFNs), 2 combined grids, 4 oracle bars, SRCC + overlap, 2 induction heatmaps,
-/// 1 capacity, 1 induction ablation.
-const FIGURES: usize = 6 + 6 + 4 + 2 + 4 + 2 + 2 + 1 + 1;
+/// Expected figures: 4 head heatmaps + 2 aggregates, 4 FFN bars + 2 aggregates, pruning panels
+/// (per shot count: 2 tasks + the mean, for heads and for FFNs), 2 combined grids, 4 oracle bars,
+/// SRCC + overlap, 2 induction heatmaps, 1 capacity, 1 induction ablation.
+const FIGURES: usize = 6 + 6 + 2 * 2 * 3 + 2 + 4 + 2 + 2 + 1 + 1;
 
 fn check_html(html: &str) {
     assert!(html.starts_with("<!DOCTYPE html>"), "no doctype");
@@ -177,6 +187,92 @@ fn full_run_folder_renders_every_section_inlined() {
     }
     assert_eq!(r.sections, headroom::report::SECTIONS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     chromium(&out, &dir);
+}
+
+/// The text of every `<text>` element of an SVG, trimmed (plotters puts it on its own line).
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text").skip(1).filter_map(|t| t.split_once('>').and_then(|(_, r)| r.split_once("</text>")).map(|(c, _)| c.trim().to_string())).collect()
+}
+
+/// The HTML of one section (by its id).
+fn section<'a>(html: &'a str, id: &str) -> &'a str {
+    let i = html.find(&format!("<section id=\"{id}\">")).unwrap_or_else(|| panic!("no section {id}"));
+    &html[i..i + html[i..].find("</section>").unwrap()]
+}
+
+/// Each task's pruning panel overlays own, aggregate and the random control with one stderr band
+/// each and the chance level; differences within the noise get a warning line, larger ones none.
+#[test]
+fn pruning_panels_overlay_rankings_with_bands_chance_and_noise_warnings() {
+    let t = tempfile::tempdir().unwrap();
+    synthetic_run(t.path());
+    let out = t.path().join("report.html");
+    headroom::report::build(t.path(), &out).unwrap();
+    let figs = t.path().join("figures");
+    let copa = std::fs::read_to_string(figs.join("prune-heads-0shot-copa.svg")).unwrap();
+    let texts = svg_texts(&copa);
+    for label in ["own", "aggregate", "random:1", "chance (1/2: 0.50)"] {
+        assert!(texts.iter().any(|t| t == label), "legend has no {label:?}: {texts:?}");
+    }
+    assert_eq!(copa.matches("<polygon opacity=\"0.18\"").count(), 3, "one stderr band per ranking");
+    let mean = std::fs::read_to_string(figs.join("prune-heads-0shot-mean_over_2_tasks.svg")).unwrap();
+    let texts = svg_texts(&mean);
+    assert!(texts.iter().any(|t| t == "chance (mean over tasks: 0.50)"), "{texts:?}");
+    assert!(texts.iter().any(|t| t == "random:1"), "{texts:?}");
+    assert_eq!(mean.matches("<polygon opacity=\"0.18\"").count(), 3);
+    let html = std::fs::read_to_string(&out).unwrap();
+    let sweeps = section(&html, "accuracy-vs-pruning");
+    // own and random:1 coincide up to 10% (stderr of the difference 0.02·√2 = 0.028), then part.
+    assert!(sweeps.contains("copa, 0-shot: own − random:1 is smaller than its stderr at 10% (+0.000 ± 0.028)</p>"), "{sweeps}");
+    // The aggregate trails own by 0.01 at every level: within the noise at all ten.
+    assert!(sweeps.contains("piqa, 1-shot: own − aggregate is smaller than its stderr at 10% (+0.010 ± 0.028), 20%"));
+    assert!(!sweeps.contains("own − random:1 is smaller than its stderr at 10% (+0.000 ± 0.028), 20%"), "a 0.08 gap is not noise");
+}
+
+/// The "Paper vs this run" table shows what the run's files give, computed independently here.
+#[test]
+fn paper_vs_run_table_matches_the_files() {
+    use headroom::compare::{argsort_correlation, flatten, spearman, top_overlap};
+    let t = tempfile::tempdir().unwrap();
+    synthetic_run(t.path());
+    let out = t.path().join("report.html");
+    headroom::report::build(t.path(), &out).unwrap();
+    let html = std::fs::read_to_string(&out).unwrap();
+    let table = section(&html, "paper-vs-this-run");
+    // The section comes right after "Run": the first thing a reader sees.
+    assert!(html.find("id=\"run\"").unwrap() < html.find("id=\"paper-vs-this-run\"").unwrap());
+    assert!(html.find("id=\"paper-vs-this-run\"").unwrap() < html.find("id=\"manifest-and-options\"").unwrap());
+    // Importance of (task, k) in synthetic_run: mat(4, 4, task index + 0.5 k).
+    let m = |seed: f64| flatten(&mat(4, 4, seed));
+    let (c0, c1, p0, p1) = (m(0.0), m(0.5), m(1.0), m(1.5));
+    let sp = spearman(&c0, &p0).unwrap().rho;
+    let ar = argsort_correlation(&c0, &p0).unwrap().rho;
+    assert!(table.contains(&format!("0-shot: Spearman <b>{sp:.3}</b> · argsort {ar:.3} (1 task pair)")), "{table}");
+    let cs = (spearman(&c0, &c1).unwrap().rho + spearman(&p0, &p1).unwrap().rho) / 2.0;
+    let ca = (argsort_correlation(&c0, &c1).unwrap().rho + argsort_correlation(&p0, &p1).unwrap().rho) / 2.0;
+    assert!(table.contains(&format!("0- vs 1-shot: Spearman <b>{cs:.3}</b> · argsort {ca:.3} (2 tasks)")), "{table}");
+    let ov = top_overlap(&c1, &p1, 0.3).unwrap().overlap;
+    assert!(table.contains(&format!("1-shot: <b>{:.0}%</b> (1 task pair)", 100.0 * ov)), "{table}");
+    // Shares removable: the `average` rows of inflection.csv.
+    for cell in ["own ranking, 0-shot: <b>30%</b>", "own ranking, 1-shot: <b>60%</b>", "gradient ranking, 0-shot: <b>20%</b>", "gradient ranking, 1-shot: <b>10%</b>"] {
+        assert!(table.contains(cell), "no {cell}: {table}");
+    }
+    // The paper's values, only those the docs state.
+    for v in ["≈70%", "≈20%", "71%"] {
+        assert!(table.contains(&format!("<b>{v}</b>")), "no paper value {v}");
+    }
+    assert!(table.matches("<td>—</td>").count() >= 3, "findings without a paper value say —");
+    // Induction heads: the 10 strongest prefix-matching heads placed in the mean 0-shot importance.
+    let agg: Vec<f64> = c0.iter().zip(&p0).map(|(a, b)| (a + b) / 2.0).collect();
+    let r = headroom::findings::induction_rank(&flatten(&mat(4, 4, 3.0)), &agg, 10, 0.3).unwrap();
+    let cell = format!("median percentile <b>{:.0}</b> in the 0-shot aggregate importance; {} of 10 in its top 30%", headroom::findings::median(&r.percentiles), r.in_top);
+    assert!(table.contains(&cell), "no {cell}: {table}");
+    // The 1-shot mean's stderr (0.02) exceeds the tolerance (0.01): one warning per kind.
+    assert_eq!(table.matches("stderr (0.020) is larger than the tolerance (0.01)").count(), 2, "{table}");
+    assert!(!table.contains("stderr (0.005)"), "0-shot is not noise-limited");
+    // The random control at 50%: own 0.4 above random, far outside the noise.
+    assert!(table.contains("random:1 <b>"), "{table}");
+    assert!(!table.contains("cannot tell the own ranking from random"));
 }
 
 #[test]

@@ -199,3 +199,31 @@ fn per_task_flags_are_checked_before_anything_runs() {
     assert_eq!(code, 2);
     assert!(err.contains("task `record` is not in this run") && !err.contains("==="), "{err}");
 }
+
+/// Every built-in task's declared answer-option count (the chance level the report draws) holds
+/// for its fetched evaluation documents: `Fixed(n)` for all of them, `Mostly(n)` for the majority.
+#[test]
+fn declared_answer_options_match_the_fetched_data() {
+    use headroom::tasks::builtin::{AnswerOptions, Source, BUILTINS};
+    let Some(data) = common::task_data() else { return };
+    let mut checked = 0;
+    for b in BUILTINS {
+        // Tasks without fetched data (user-supplied folders) cannot be checked here.
+        if matches!(b.eval, Source::User(_)) {
+            continue;
+        }
+        let task = tasks::load(b.name, &LoadOptions::new(data.clone())).unwrap_or_else(|e| panic!("{}: {e:#}", b.name));
+        let counts: Vec<usize> = task.eval.iter().map(|i| i.choices.len()).collect();
+        match b.options {
+            AnswerOptions::Fixed(n) => assert!(counts.iter().all(|&c| c == n), "{}: declared {n} options, found {:?}", b.name, counts.iter().filter(|&&c| c != n).take(5).collect::<Vec<_>>()),
+            AnswerOptions::Mostly(n) => {
+                let share = counts.iter().filter(|&&c| c == n).count() as f64 / counts.len() as f64;
+                assert!(share > 0.9, "{}: only {:.1}% of documents have {n} options", b.name, 100.0 * share);
+            }
+            // LAMBADA has one continuation per document: no choice, no chance level.
+            AnswerOptions::NoChanceLevel => assert!(b.name == "lambada", "{}: no chance level declared", b.name),
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} tasks have fetched data");
+}

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Screenshot of a run's report for the README: headless Chromium renders the whole page, and
-# Pillow (tools/.venv, `pip install pillow`) keeps a band of it. Development tool only.
+# Pillow (tools/.venv, `pip install pillow`; or any Python with Pillow in $PYTHON) keeps a band of
+# it. Development tool only.
 #   tools/report-screenshot.sh RUN/report.html docs/report.png [TOP_PX] [HEIGHT_PX]
 set -euo pipefail
 html=$(realpath "$1"); out=$2; top=${3:-0}; height=${4:-1800}
 tmp=$(mktemp --suffix .png)
 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1300,12000 \
   --screenshot="$tmp" "file://$html" >/dev/null 2>&1
-"$(dirname "$0")/.venv/bin/python" - "$tmp" "$out" "$top" "$height" <<'PY'
+"${PYTHON:-$(dirname "$0")/.venv/bin/python}" - "$tmp" "$out" "$top" "$height" <<'PY'
 import sys
 from PIL import Image
 src, out, top, height = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

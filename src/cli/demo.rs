@@ -4,7 +4,8 @@
 //! 1. `fetch` the default model and task data if missing;
 //! 2. a sanity check of the model (next token, in-context copying of a repeated sequence);
 //! 3. `prune`: importance per (task, shots), head and FFN sweeps with the tasks' own and the
-//!    aggregate rankings, inflection points (resumable: finished units are reused);
+//!    aggregate rankings and a seeded random ranking as the control the report draws beside
+//!    them, inflection points (resumable: finished units are reused);
 //! 4. `induction`: prefix-matching and copying scores, and the induction capacity retained as
 //!    heads are pruned by the aggregate ranking (skipped when its output exists with the same
 //!    options);
@@ -74,7 +75,8 @@ impl Plan {
                 shots: vec![0],
                 limit: 8,
                 importance_docs: 8,
-                rankings: "own",
+                // The random control too, so the tiny report has every series of the full one.
+                rankings: "own,random:1",
                 heads: "0,50,90",
                 ffns: "0,50",
                 sequences: 3,
@@ -87,7 +89,9 @@ impl Plan {
                 shots: vec![0, 1],
                 limit: 40,
                 importance_docs: 32,
-                rankings: "own,aggregate",
+                // random:1 is the control: without it, "accuracy holds up to p%" cannot be told
+                // from what any ranking would give.
+                rankings: "own,aggregate,random:1",
                 heads: "0,10,20,30,40,50,60,70,80,90",
                 ffns: "0,10,20,30,40,50,60,70,80,90",
                 sequences: 20,

@@ -43,6 +43,32 @@ pub struct Builtin {
     pub notes: &'static [&'static str],
     /// Pool documents are filtered to this gold index (WSC: positives only).
     pub pool_gold_only: Option<usize>,
+    /// Answer options per document, which set the task's chance level (the report draws it).
+    pub options: AnswerOptions,
+}
+
+/// How many answer options a task's documents have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerOptions {
+    /// Every document has this many.
+    Fixed(usize),
+    /// The count varies by document and is this one for nearly all (ARC: 3 to 5 options, 4 for
+    /// all but a few percent of questions).
+    Mostly(usize),
+    /// No chance level from the option count: a generated answer (LAMBADA, ReCoRD's exact match)
+    /// or a grouped metric (MultiRC's `acc_all` needs every answer row of a question right).
+    NoChanceLevel,
+}
+
+impl AnswerOptions {
+    /// The accuracy of a uniform random guess, with how it was derived (`1/4`, `≈1/4`).
+    pub fn chance(self) -> Option<(f64, String)> {
+        match self {
+            AnswerOptions::Fixed(n) if n > 0 => Some((1.0 / n as f64, format!("1/{n}"))),
+            AnswerOptions::Mostly(n) if n > 0 => Some((1.0 / n as f64, format!("≈1/{n}"))),
+            _ => None,
+        }
+    }
 }
 
 /// Every built-in task, in the paper's order.
@@ -57,6 +83,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_hellaswag,
         notes: &["train docs come pre-processed by OLMo, whose preprocess maps \" [title]\" to \" \" where the authors' gives \". \" (about 8% of docs differ by one period)"],
         pool_gold_only: None,
+        options: AnswerOptions::Fixed(4),
     },
     Builtin {
         name: "piqa",
@@ -68,6 +95,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_piqa,
         notes: &[],
         pool_gold_only: None,
+        options: AnswerOptions::Fixed(2),
     },
     Builtin {
         name: "arc_easy",
@@ -79,6 +107,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_arc,
         notes: &[],
         pool_gold_only: None,
+        options: AnswerOptions::Mostly(4),
     },
     Builtin {
         name: "arc_challenge",
@@ -90,6 +119,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_arc,
         notes: &[],
         pool_gold_only: None,
+        options: AnswerOptions::Mostly(4),
     },
     Builtin {
         name: "openbookqa",
@@ -101,6 +131,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_openbookqa,
         notes: &[],
         pool_gold_only: None,
+        options: AnswerOptions::Fixed(4),
     },
     Builtin {
         name: "winogrande",
@@ -112,6 +143,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_winogrande,
         notes: &[],
         pool_gold_only: None,
+        options: AnswerOptions::Fixed(2),
     },
     Builtin {
         name: "boolq",
@@ -125,6 +157,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_boolq,
         notes: &[],
         pool_gold_only: None,
+        options: AnswerOptions::Fixed(2),
     },
     Builtin {
         name: "cb",
@@ -136,6 +169,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_cb,
         notes: &["no train split in the fetched data (validation only)"],
         pool_gold_only: None,
+        options: AnswerOptions::Fixed(3),
     },
     Builtin {
         name: "copa",
@@ -147,6 +181,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_copa,
         notes: &["no train split in the fetched data (validation only)"],
         pool_gold_only: None,
+        options: AnswerOptions::Fixed(2),
     },
     Builtin {
         name: "multirc",
@@ -158,6 +193,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_multirc,
         notes: &[],
         pool_gold_only: None,
+        options: AnswerOptions::NoChanceLevel,
     },
     Builtin {
         name: "record",
@@ -169,6 +205,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_record,
         notes: &[],
         pool_gold_only: None,
+        options: AnswerOptions::NoChanceLevel,
     },
     Builtin {
         name: "rte",
@@ -180,6 +217,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_rte,
         notes: &["no train split in the fetched data (validation only)"],
         pool_gold_only: None,
+        options: AnswerOptions::Fixed(2),
     },
     Builtin {
         name: "wic",
@@ -191,6 +229,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_wic,
         notes: &[],
         pool_gold_only: None,
+        options: AnswerOptions::Fixed(2),
     },
     Builtin {
         name: "wsc",
@@ -202,6 +241,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_wsc,
         notes: &["demonstration / importance docs are the positive (label = True) ones only, as the authors' harness"],
         pool_gold_only: Some(0),
+        options: AnswerOptions::Fixed(2),
     },
     Builtin {
         name: "mathqa",
@@ -213,6 +253,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_mathqa,
         notes: &[],
         pool_gold_only: None,
+        options: AnswerOptions::Fixed(5),
     },
     Builtin {
         name: "lambada",
@@ -224,6 +265,7 @@ pub static BUILTINS: &[Builtin] = &[
         render: render_lambada,
         notes: &["no train split: demonstrations come from the other test passages, as the authors' harness"],
         pool_gold_only: None,
+        options: AnswerOptions::NoChanceLevel,
     },
 ];
 
