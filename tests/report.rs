@@ -67,7 +67,7 @@ fn synthetic_run(dir: &Path) {
                     comb.push_str(&format!("{task},{k},importance,{hp},{fp},acc,{:.6},80,0.02\n", 0.7 - 0.002 * (hp + fp) as f64));
                 }
             }
-            infl.push_str(&format!("{task},{k},own,heads,40,0.01,0.6\n{task},{k},gradient,ffns,20,0.01,0.6\n"));
+            infl.push_str(&format!("{task},{k},own,heads,40,0.01,0.6,,\n{task},{k},gradient,ffns,20,0.01,0.6,,\n"));
         }
     }
     // The mean-over-tasks rows (the paper-vs-run table reads these), with the stderr columns: at
